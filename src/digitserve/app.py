@@ -1,0 +1,215 @@
+"""The ASGI application: built by `create_app(settings)`, nothing at import time."""
+
+import logging
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from digitserve import __version__
+from digitserve.classifier import Classifier, load_classifier
+from digitserve.errors import (
+    PROBLEM_MEDIA_TYPE,
+    DigitserveError,
+    InternalError,
+    InvalidInput,
+    MethodNotAllowed,
+    RouteNotFound,
+    problem,
+)
+from digitserve.routes import health, v1
+from digitserve.schemas import REQUEST_SCHEMAS
+from digitserve.settings import Settings
+
+logger = logging.getLogger("digitserve")
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+DESCRIPTION = """\
+Reads hand-drawn digits. Send a JPEG or PNG (raw body, multipart, or base64 in JSON) to
+`POST /v1/models/digits:predict` and get back the digit, how sure the model is, a score per class
+and, with `?include=pixels`, the 8x8 grid the model saw. `GET /v1/models/digits` describes the model
+and its input contract; every error is an RFC 9457 problem document whose `code` is listed at
+`GET /v1/errors`.
+"""
+
+
+def create_app(settings: Settings, classifier: Classifier | None = None) -> FastAPI:
+    """Build the service; the model is loaded in the lifespan unless one is handed in."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.classifier = classifier or load_classifier(
+            settings.model_path, settings.model_name
+        )
+        app.state.ready = True
+        logger.info(
+            "serving model %s version %s (sha256 %s)",
+            app.state.classifier.name,
+            app.state.classifier.version,
+            app.state.classifier.sha256[:12],
+        )
+        yield
+        app.state.ready = False
+
+    app = FastAPIOffline(
+        title="digitserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        static_url="/docs-assets",
+        redoc_url="/redoc",
+    )
+    app.state.settings = settings
+    app.state.classifier = None
+    app.state.ready = False
+
+    app.include_router(health.router)
+    app.include_router(v1.router)
+    app.add_api_route("/", v1.index, methods=["GET"], include_in_schema=False)
+
+    app.add_exception_handler(DigitserveError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(RequestContextMiddleware)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Build the app in a `uvicorn --factory` worker, from DIGITSERVE_* variables."""
+    return create_app(Settings())
+
+
+def settings_to_environment(settings: Settings) -> dict[str, str]:
+    """The DIGITSERVE_* variables that rebuild these settings in a worker process."""
+    return {
+        f"DIGITSERVE_{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+        for name, value in settings.model_dump().items()
+    }
+
+
+def export_settings(settings: Settings) -> None:
+    """Put the settings in this process's environment, for worker processes to inherit."""
+    os.environ.update(settings_to_environment(settings))
+
+
+class RequestContextMiddleware:
+    """Tag each request with an id, and turn any unhandled fault into the 500 envelope.
+
+    The id is the client's X-Request-ID when it is sane, else a new one; it is echoed in the
+    response. A fault is logged with its traceback and answered without internals.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Tag HTTP requests; pass anything else through."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+                break
+        if not _SAFE_REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode("latin-1"))
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            error = InternalError("internal error; quote the request_id when reporting it")
+            response = Response(
+                orjson.dumps(problem(error, request_id)),
+                status_code=error.status,
+                media_type=PROBLEM_MEDIA_TYPE,
+            )
+            await response(scope, receive, send_with_id)
+
+
+def _problem_response(request: Request, error: DigitserveError) -> Response:
+    """Render any error in the one envelope."""
+    request_id = getattr(request.state, "request_id", None)
+    return Response(
+        orjson.dumps(problem(error, request_id)),
+        status_code=error.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=error.headers,
+    )
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    """The service's own errors."""
+    assert isinstance(exc, DigitserveError)  # noqa: S101 - registered for this class only
+    return _problem_response(request, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """The framework's 404 and 405 (and any other HTTP exception), in the same envelope."""
+    assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for this class only
+    error: DigitserveError
+    if exc.status_code == 404:
+        error = RouteNotFound(f"no route for {request.method} {request.url.path}; see /v1 or /docs")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}",
+            headers=dict(exc.headers or {}),
+        )
+    else:
+        error = DigitserveError(str(exc.detail), headers=dict(exc.headers or {}))
+        error.status = exc.status_code  # type: ignore[misc]
+    return _problem_response(request, error)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """Query or path parameters the framework rejected: a 400 naming each bad field."""
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for this class only
+    reasons = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+    )
+    return _problem_response(request, InvalidInput(f"invalid request: {reasons}"))
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the schemas of bodies that handlers read by hand."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        _, definitions = models_json_schema(
+            [(model, "validation") for model in REQUEST_SCHEMAS],
+            ref_template="#/components/schemas/{model}",
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            definitions.get("$defs", {})
+        )
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,167 @@
+"""The hosted model: loaded and checked once, then asked for predictions and its own description."""
+
+import hashlib
+import json
+import logging
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import sklearn
+from numpy.typing import NDArray
+from sklearn.base import BaseEstimator, is_classifier
+from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from digitserve.errors import ModelLoadError
+from digitserve.preprocessing import N_FEATURES
+
+logger = logging.getLogger(__name__)
+
+ScoreKind = Literal["probabilities", "decision_scores"]
+Label = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One answer: the label from `predict()`, how sure the model is, and a score per class."""
+
+    label: Label
+    confidence: float | None
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Classifier:
+    """A fitted scikit-learn classifier with 64 inputs, and what it was found able to do at load."""
+
+    estimator: Any
+    name: str
+    version: str
+    sha256: str
+    classes: tuple[Label, ...]
+    score_kind: ScoreKind
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_keys(self) -> tuple[str, ...]:
+        """Class labels as the strings used for JSON keys."""
+        return tuple(str(label) for label in self.classes)
+
+    def predict(self, features: NDArray[np.int64]) -> list[Prediction]:
+        """Classify a batch of (n, 64) feature rows."""
+        rows = np.asarray(features, dtype=np.float64).reshape(-1, N_FEATURES)
+        labels = self.estimator.predict(rows)
+        if self.score_kind == "probabilities":
+            scores = np.asarray(self.estimator.predict_proba(rows), dtype=np.float64)
+        else:
+            scores = _decision_matrix(np.asarray(self.estimator.decision_function(rows)))
+        keys = self.class_keys
+        index = {label: position for position, label in enumerate(self.classes)}
+        predictions = []
+        for label, row in zip(labels.tolist(), scores.tolist(), strict=True):
+            confidence = row[index[label]] if self.score_kind == "probabilities" else None
+            predictions.append(Prediction(label, confidence, dict(zip(keys, row, strict=True))))
+        return predictions
+
+
+def _decision_matrix(scores: NDArray[Any]) -> NDArray[np.float64]:
+    """Give a binary classifier's single decision column one score per class, like multi-class."""
+    if scores.ndim == 1:
+        return np.stack([-scores, scores], axis=1).astype(np.float64)
+    return scores.astype(np.float64)
+
+
+def file_sha256(path: Path) -> str:
+    """Hash the model file so clients and the model card can tell exactly which one is served."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_classifier(path: Path, name: str = "digits") -> Classifier:
+    """Unpickle the operator's model file, check it can serve 64-feature digits, and warm it up.
+
+    Every reason to refuse becomes one `ModelLoadError` with a message an operator can act on.
+    """
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    estimator = _unpickle(path)
+    if not isinstance(estimator, BaseEstimator) or not is_classifier(estimator):
+        raise ModelLoadError(
+            f"{path} holds a {type(estimator).__name__}, not a scikit-learn classifier"
+        )
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError as exc:
+        raise ModelLoadError(f"{path} holds a classifier that was never fitted") from exc
+    n_features = getattr(estimator, "n_features_in_", None)
+    if n_features != N_FEATURES:
+        raise ModelLoadError(
+            f"{path} expects {n_features} features; digitserve feeds {N_FEATURES} (an 8x8 grid)"
+        )
+    score_kind: ScoreKind
+    if _has_method(estimator, "predict_proba"):
+        score_kind = "probabilities"
+    elif _has_method(estimator, "decision_function"):
+        score_kind = "decision_scores"
+    else:
+        raise ModelLoadError(f"{path} has neither predict_proba nor decision_function")
+    sha256 = file_sha256(path)
+    card = _read_card(path, sha256)
+    classifier = Classifier(
+        estimator=estimator,
+        name=name,
+        version=str(card.get("version") or sha256[:12]),
+        sha256=sha256,
+        classes=tuple(np.asarray(estimator.classes_).tolist()),
+        score_kind=score_kind,
+        card=card,
+    )
+    try:
+        classifier.predict(np.zeros((1, N_FEATURES), dtype=np.int64))
+    except Exception as exc:
+        raise ModelLoadError(f"{path} failed a warm-up prediction: {exc}") from exc
+    return classifier
+
+
+def _unpickle(path: Path) -> Any:
+    """Unpickle, turning a scikit-learn version mismatch into a refusal rather than a warning."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InconsistentVersionWarning)
+            with path.open("rb") as handle:
+                return pickle.load(handle)  # noqa: S301 - the operator's own, trusted file
+    except InconsistentVersionWarning as exc:
+        raise ModelLoadError(
+            f"{path} was written by scikit-learn {exc.original_sklearn_version}; this service runs "
+            f"{sklearn.__version__}. Retrain it (digitserve train) or install the matching release."
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable model pickle: {exc}") from exc
+
+
+def _has_method(estimator: Any, name: str) -> bool:
+    """Whether a method is really available: SVC hides predict_proba unless probability=True."""
+    try:
+        return callable(getattr(estimator, name))
+    except AttributeError:
+        return False
+
+
+def _read_card(model_path: Path, sha256: str) -> dict[str, Any]:
+    """Read the JSON model card beside the pickle (same stem), if it describes this very file."""
+    card_path = model_path.with_suffix(".json")
+    if not card_path.is_file():
+        return {}
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model card {card_path} is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict) or card.get("sha256") != sha256:
+        logger.warning(
+            "ignoring model card %s: it describes another file (sha256 differs)", card_path
+        )
+        return {}
+    return card

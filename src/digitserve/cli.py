@@ -1,0 +1,172 @@
+"""Command line: `digitserve serve | predict | train` (thin: parse, build settings, call)."""
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from digitserve import __version__
+from digitserve.errors import DigitserveError, ModelLoadError
+from digitserve.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command and return the process exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except ModelLoadError as exc:
+        print(f"digitserve: cannot serve the model: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        print(f"digitserve: invalid settings: {reasons}", file=sys.stderr)
+        return 2
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Describe the sub-commands and their flags."""
+    parser = argparse.ArgumentParser(prog="digitserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"digitserve {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument("--model", type=Path, dest="model_path", help="classifier pickle to host")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        default=None,
+        help="do not log one line per request",
+    )
+    serve.set_defaults(run=_serve)
+
+    predict = commands.add_parser("predict", help="classify local image files without a server")
+    predict.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    predict.add_argument("--model", type=Path, dest="model_path", help="classifier pickle")
+    predict.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    predict.set_defaults(run=_predict)
+
+    train = commands.add_parser("train", help="rebuild the model artefact and example images")
+    train.add_argument(
+        "--model",
+        type=Path,
+        dest="model_path",
+        default=Path("model/classifier.pickle"),
+        help="where to write the pickle; the model card goes beside it (default %(default)s)",
+    )
+    train.add_argument(
+        "--examples",
+        type=Path,
+        default=Path("data"),
+        help="where to write example JPEGs (default %(default)s)",
+    )
+    train.add_argument("--no-examples", dest="examples", action="store_const", const=None)
+    train.set_defaults(run=_train)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    fields = ("host", "port", "workers", "model_path", "log_level", "access_log")
+    overrides: dict[str, Any] = {
+        name: getattr(args, name) for name in fields if getattr(args, name, None) is not None
+    }
+    return Settings(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Load and check the model before the port opens, then serve until SIGINT or SIGTERM."""
+    import uvicorn
+
+    from digitserve.app import create_app, export_settings
+    from digitserve.classifier import load_classifier
+
+    settings = _settings(args)
+    classifier = load_classifier(settings.model_path, settings.model_name)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": 30,
+        "server_header": False,
+    }
+    # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found; with a no-op
+    # handler there the process exits 0 after a clean stop, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, classifier), **options)
+    else:
+        export_settings(settings)
+        uvicorn.run(
+            "digitserve.app:app_from_environment", factory=True, workers=settings.workers, **options
+        )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Classify files and print a table or JSON lines; exit 1 if any file could not be read."""
+    from digitserve.classifier import load_classifier
+    from digitserve.preprocessing import image_to_features
+
+    settings = _settings(args)
+    classifier = load_classifier(settings.model_path, settings.model_name)
+    status = 0
+    if not args.json:
+        print(f"{'file':40} {'label':>5} {'confidence':>10}")
+    for path in args.files:
+        try:
+            features = image_to_features(path.read_bytes(), max_pixels=settings.max_image_pixels)
+        except (OSError, DigitserveError) as exc:
+            status = 1
+            message = exc.detail if isinstance(exc, DigitserveError) else exc.strerror
+            code = exc.code if isinstance(exc, DigitserveError) else "unreadable_file"
+            if args.json:
+                print(json.dumps({"file": str(path), "error": message, "code": code}))
+            else:
+                print(f"{path!s:40} error: {message}", file=sys.stderr)
+            continue
+        [prediction] = classifier.predict(features.reshape(1, -1))
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "file": str(path),
+                        "label": prediction.label,
+                        "confidence": prediction.confidence,
+                        classifier.score_kind: prediction.scores,
+                    }
+                )
+            )
+        else:
+            confidence = "-" if prediction.confidence is None else f"{prediction.confidence:.3f}"
+            print(f"{path!s:40} {prediction.label!s:>5} {confidence:>10}")
+    return status
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Rebuild the artefact reproducibly and report its accuracy."""
+    from digitserve.training import train
+
+    card = train(args.model_path, args.examples)
+    print(
+        f"wrote {args.model_path} (sha256 {card['sha256'][:12]}): "
+        f"train accuracy {card['training']['train_accuracy']:.4f}, "
+        f"held-out accuracy {card['training']['test_accuracy']:.4f}"
+    )
+    return 0

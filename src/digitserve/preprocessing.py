@@ -1,0 +1,210 @@
+"""Image bytes -> the (64,) vector of integers 0..16 the digits model was trained on.
+
+Pure functions: no HTTP, no model. Each step is its own function so that better framing of
+real-world photos can slot in between `ink_intensity` and `area_average` without touching the rest.
+"""
+
+import functools
+import io
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from digitserve.errors import (
+    BlankImage,
+    ImageTooLarge,
+    ImageTooSmall,
+    InvalidImage,
+    InvalidInput,
+    UnsupportedMediaType,
+)
+
+GRID = 8
+"""The model sees an 8x8 grid: load_digits reduced 32x32 bitmaps by 4x4 blocks."""
+
+LEVELS = 16
+"""Each training value counts the inked pixels of a 4x4 block, so it runs 0..16."""
+
+N_FEATURES = GRID * GRID
+"""The model's input width: the grid read row by row."""
+
+ACCEPTED_MEDIA_TYPES = ("image/jpeg", "image/png")
+"""JPEG is the product's format; PNG is what web canvases produce."""
+
+DRAFT_SIDE = 64
+"""Large JPEGs are decoded at a reduced DCT scale, never below this side: 8 source pixels per cell
+keep the area average faithful while a 12-megapixel photo decodes in a fraction of the time."""
+
+_MAGIC = {
+    b"\xff\xd8\xff": "image/jpeg",
+    b"\x89PNG\r\n\x1a\n": "image/png",
+    b"GIF87a": "image/gif",
+    b"GIF89a": "image/gif",
+    b"BM": "image/bmp",
+    b"II*\x00": "image/tiff",
+    b"MM\x00*": "image/tiff",
+    b"\x00\x00\x01\x00": "image/x-icon",
+}
+_PILLOW_FORMAT = {"image/jpeg": "JPEG", "image/png": "PNG"}
+_SQRT3 = math.sqrt(3.0)
+
+Features = NDArray[np.int64]
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """Tell an image's media type from its first bytes; the client's label is not trusted."""
+    for magic, media_type in _MAGIC.items():
+        if data.startswith(magic):
+            return media_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    head = data[:256].lstrip().lower()
+    if head.startswith((b"<svg", b"<?xml")) and b"<svg" in head:
+        return "image/svg+xml"
+    return None
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode JPEG or PNG bytes into an upright "L" or "RGB" image with transparency on white.
+
+    The pixel limit is checked from the header before any pixel is decoded (decompression bombs).
+    """
+    media_type = sniff_media_type(data)
+    if media_type not in _PILLOW_FORMAT:
+        if media_type is None:
+            raise InvalidImage("the body is not a JPEG or PNG image (unrecognised or corrupt data)")
+        raise UnsupportedMediaType(
+            f"{media_type} images are not accepted; send one of: {', '.join(ACCEPTED_MEDIA_TYPES)}",
+            accepted=list(ACCEPTED_MEDIA_TYPES),
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[media_type]])
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+                limit=max_pixels,
+            )
+        if width < GRID or height < GRID:
+            raise ImageTooSmall(f"image is {width}x{height}; a digit needs at least {GRID}x{GRID}")
+        if image.format == "JPEG":
+            image.draft(None, (DRAFT_SIDE, DRAFT_SIDE))
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(
+            f"image header declares too many pixels; the limit is {max_pixels}", limit=max_pixels
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImage(
+            f"could not decode the {media_type} image: it is truncated or corrupt"
+        ) from exc
+    return _normalise_mode(ImageOps.exif_transpose(image))
+
+
+def _normalise_mode(image: Image.Image) -> Image.Image:
+    """Bring any decoded mode to "L" or "RGB", compositing transparency onto white paper."""
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in ("1",):
+        return image.convert("L")
+    if image.mode.startswith("I"):
+        wide = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if image.mode.startswith("I;16") or wide.max() > 255 else 255.0
+        return Image.fromarray(np.clip(wide / peak * 255.0, 0, 255).astype(np.uint8), "L")
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def ink_intensity(image: Image.Image) -> NDArray[np.float32]:
+    """Per-pixel ink from 0 (white) to 1 (black): sqrt(sum(((255 - rgb) / 255) ** 2)) / sqrt(3)."""
+    pixels: NDArray[np.float32] = np.asarray(image, dtype=np.float32)
+    ink: NDArray[np.float32] = (255.0 - pixels) / np.float32(255.0)
+    if ink.ndim == 2:
+        return ink
+    distance: NDArray[np.float32] = np.sqrt(np.einsum("hwc,hwc->hw", ink, ink))
+    return distance / np.float32(_SQRT3)
+
+
+def area_average(ink: NDArray[np.float32], side: int = GRID) -> NDArray[np.float32]:
+    """Reduce to side x side by exact area averaging, partial pixels weighted by their overlap."""
+    height, width = ink.shape
+    reduced = _overlap_matrix(height, side) @ ink @ _overlap_matrix(width, side).T
+    return reduced.astype(np.float32, copy=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _overlap_matrix(source: int, side: int) -> NDArray[np.float32]:
+    """Row i holds the share of each source pixel inside output cell i (each row sums to 1).
+
+    Pillow's BOX filter is exact only for whole-number ratios; this is exact for any size.
+    """
+    edges = np.arange(side + 1, dtype=np.float64) * (source / side)
+    starts = np.arange(source, dtype=np.float64)
+    overlap = np.clip(
+        np.minimum(edges[1:, None], starts[None, :] + 1)
+        - np.maximum(edges[:-1, None], starts[None, :]),
+        0.0,
+        None,
+    )
+    matrix: NDArray[np.float32] = (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
+
+
+def quantise(grid: NDArray[np.float32]) -> Features:
+    """Map ink fractions 0..1 to the model's integer levels 0..16, read row by row."""
+    levels = np.rint(np.clip(grid, 0.0, 1.0) * LEVELS).astype(np.int64)
+    return levels.reshape(N_FEATURES)
+
+
+def to_features(image: Image.Image) -> Features:
+    """Turn a decoded image into the model's 64 integers; a page with no ink is refused."""
+    features = quantise(area_average(ink_intensity(image)))
+    if not features.any():
+        raise BlankImage("the image has no ink: every cell of the 8x8 grid is blank")
+    return features
+
+
+def image_to_features(data: bytes, *, max_pixels: int) -> Features:
+    """Decode and preprocess one encoded image."""
+    return to_features(decode_image(data, max_pixels=max_pixels))
+
+
+def pixels_to_features(values: object) -> Features:
+    """Validate features sent directly: 64 integers 0..16, flat or as an 8x8 grid."""
+    if not isinstance(values, Sequence) or isinstance(values, str | bytes):
+        raise InvalidInput("pixels must be a list of 64 integers or an 8x8 list of lists")
+    flat: list[object]
+    if len(values) == GRID and all(isinstance(row, list) for row in values):
+        rows: Sequence[list[object]] = values
+        if any(len(row) != GRID for row in rows):
+            raise InvalidInput(f"an 8x8 pixel grid needs {GRID} rows of {GRID} values")
+        flat = [value for row in rows for value in row]
+    else:
+        flat = list(values)
+    if len(flat) != N_FEATURES:
+        raise InvalidInput(f"pixels must hold {N_FEATURES} values, got {len(flat)}")
+    if not all(type(value) is int for value in flat):
+        raise InvalidInput(f"pixels must be integers from 0 to {LEVELS}")
+    features = np.asarray(flat, dtype=np.int64)
+    if features.min() < 0 or features.max() > LEVELS:
+        raise InvalidInput(f"pixel values must lie in 0..{LEVELS}")
+    return features
+
+
+def render_digit(features: Sequence[int] | NDArray[np.integer], size: int = GRID) -> Image.Image:
+    """Draw features as black ink on white, `size` pixels square: preprocessing's inverse."""
+    levels = np.asarray(features, dtype=np.float32).reshape(GRID, GRID)
+    grey = np.rint(255.0 - levels * (255.0 / LEVELS)).astype(np.uint8)
+    image = Image.fromarray(grey, "L")
+    return image if size == GRID else image.resize((size, size), Image.Resampling.NEAREST)

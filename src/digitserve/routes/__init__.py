@@ -1,0 +1,1 @@
+"""HTTP transport: one router module per protocol surface, plus the body readers they share."""

@@ -1,0 +1,364 @@
+"""The native REST API: `/v1/models/{name}` metadata and `:predict` with three request shapes."""
+
+import base64
+import binascii
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from digitserve import __version__
+from digitserve.classifier import Classifier, Prediction
+from digitserve.dependencies import ClassifierDep, SettingsDep
+from digitserve.errors import (
+    PROBLEM_MEDIA_TYPE,
+    DigitserveError,
+    InvalidInput,
+    MethodNotAllowed,
+    ModelNotFound,
+    TooManyImages,
+    UnsupportedMediaType,
+    catalogue,
+)
+from digitserve.preprocessing import (
+    ACCEPTED_MEDIA_TYPES,
+    GRID,
+    LEVELS,
+    Features,
+    image_to_features,
+    pixels_to_features,
+)
+from digitserve.routes.bodies import media_type_of, parse_multipart, read_body
+from digitserve.schemas import (
+    ErrorEntry,
+    Include,
+    ModelList,
+    ModelMetadata,
+    PredictResponse,
+    Problem,
+)
+from digitserve.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+Item = TypeVar("Item")
+
+REQUEST_MEDIA_TYPES = (*ACCEPTED_MEDIA_TYPES, "multipart/form-data", "application/json")
+"""What `:predict` reads; anything else is 415 before the body is read."""
+
+MULTIPART_FIELD = "image"
+"""The form field name of each image in a multipart request."""
+
+OFFLOAD_BYTES = 256 * 1024
+"""Bodies above this are decoded on a worker thread; small ones inline, where a thread hop would
+cost more than the work."""
+
+PREPROCESSING_STEPS = [
+    "Decode the JPEG or PNG (EXIF orientation applied, transparency composited onto white).",
+    "Per pixel, ink = sqrt(((255-r)/255)^2 + ((255-g)/255)^2 + ((255-b)/255)^2) / sqrt(3), "
+    "from 0 (white) to 1 (black).",
+    "Reduce to an 8x8 grid by area averaging (each training value counts the inked pixels of a "
+    "4x4 block of a 32x32 bitmap).",
+    "Map each cell to an integer 0..16 and read the grid row by row into 64 features.",
+]
+
+
+def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer with."""
+    return {
+        status: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": description}
+        for status, description in _STATUS_DESCRIPTIONS.items()
+        if status in statuses
+    }
+
+
+_STATUS_DESCRIPTIONS = {
+    400: "Undecodable image or malformed request (`invalid_image`, `invalid_input`).",
+    404: "No model of that name (`model_not_found`).",
+    413: "Over a limit: body bytes (refused before reading), image pixels (from the header), or "
+    "images per request (`body_too_large`, `image_too_large`, `too_many_images`).",
+    415: "Body media type not accepted; `accepted` lists those that are.",
+    422: "A valid image that cannot be a digit: smaller than 8x8 or blank "
+    "(`image_too_small`, `blank_image`).",
+    503: "Model not ready (`model_not_ready`).",
+}
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "description": "One path, three request shapes chosen by Content-Type.",
+    "content": {
+        "image/jpeg": _BINARY,
+        "image/png": _BINARY,
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": [MULTIPART_FIELD],
+                "properties": {
+                    MULTIPART_FIELD: {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "One or more image files; predictions come back in order.",
+                    }
+                },
+            }
+        },
+        "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+    },
+}
+
+
+def describe_model(classifier: Classifier, settings: Settings) -> dict[str, Any]:
+    """The model card plus how to call it: everything a consumer needs, from the API itself."""
+    card = classifier.card
+    base = f"/v1/models/{classifier.name}"
+    return {
+        **{key: value for key, value in card.items() if key not in ("name", "version", "input")},
+        "name": classifier.name,
+        "version": classifier.version,
+        "description": card.get(
+            "description", "A scikit-learn classifier of 8x8 digit images (operator-supplied)."
+        ),
+        "sha256": classifier.sha256,
+        "scores": classifier.score_kind,
+        "classes": list(classifier.classes),
+        "labels": card.get("labels", {key: key for key in classifier.class_keys}),
+        "input": {
+            "media_types": list(REQUEST_MEDIA_TYPES),
+            "images": "JPEG or PNG of a dark digit on a light background, at least 8x8 pixels.",
+            "multipart_field": MULTIPART_FIELD,
+            "json": '{"instances": [{"b64": "<base64 image>"} | [64 ints 0..16] | 8x8 ints]}',
+            "features": {
+                "shape": [GRID * GRID],
+                "range": [0, LEVELS],
+                "order": "8x8 grid read row by row, 0 = white paper, 16 = solid ink",
+            },
+        },
+        "output": {
+            "label": "the class from the model's predict()",
+            "confidence": "probability of label (null when scores are decision_scores)",
+            classifier.score_kind: "one score per class, keyed by class label",
+            "pixels": "with ?include=pixels, the 8x8 grid the model saw",
+        },
+        "preprocessing": PREPROCESSING_STEPS,
+        "limits": {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_image_pixels": settings.max_image_pixels,
+            "max_images_per_request": settings.max_images_per_request,
+            "min_image_side": GRID,
+        },
+        "endpoints": {
+            "predict": f"POST {base}:predict",
+            "metadata": f"GET {base}",
+            "errors": "GET /v1/errors",
+            "openapi": "GET /openapi.json",
+            "docs": "GET /docs",
+        },
+    }
+
+
+@router.get("", summary="API index")
+async def index(classifier: ClassifierDep) -> dict[str, Any]:
+    """Say what this server is and where everything lives."""
+    return {
+        "name": "digitserve",
+        "version": __version__,
+        "models": [{"name": classifier.name, "version": classifier.version}],
+        "links": {
+            "models": "/v1/models",
+            "model": f"/v1/models/{classifier.name}",
+            "predict": f"/v1/models/{classifier.name}:predict",
+            "errors": "/v1/errors",
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "live": "/healthz",
+            "ready": "/readyz",
+        },
+    }
+
+
+@router.get("/errors", response_model=list[ErrorEntry], summary="Every error code, explained")
+async def errors() -> list[dict[str, Any]]:
+    """List each error code with its HTTP status and meaning (problem `type` URIs point here)."""
+    return catalogue()
+
+
+@router.get(
+    "/models", response_model=ModelList, summary="List models", responses=_problem_responses(503)
+)
+async def list_models(classifier: ClassifierDep, settings: SettingsDep) -> dict[str, Any]:
+    """Every model this server hosts, with its card."""
+    return {"models": [describe_model(classifier, settings)]}
+
+
+@router.get(
+    "/models/{model_name}",
+    response_model=ModelMetadata,
+    summary="Model card: what it does and how to call it",
+    responses=_problem_responses(404, 503),
+)
+async def model_metadata(
+    model_name: str, classifier: ClassifierDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Describe the model: classes, input contract, outputs, preprocessing, limits, versions."""
+    if model_name.endswith(":predict"):
+        raise MethodNotAllowed("use POST for :predict", headers={"Allow": "POST"})
+    _check_model_name(model_name, classifier)
+    return describe_model(classifier, settings)
+
+
+@router.post(
+    "/models/{model_name}:predict",
+    summary="Predict the digit in one or more images",
+    response_model=PredictResponse,
+    responses=_problem_responses(400, 404, 413, 415, 422, 503),
+    openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+)
+async def predict(
+    request: Request,
+    model_name: str,
+    classifier: ClassifierDep,
+    settings: SettingsDep,
+    include: Annotated[
+        list[Include] | None,
+        Query(description="`pixels` adds the 8x8 grid the model saw to each prediction."),
+    ] = None,
+) -> Response:
+    """Classify a raw image body, multipart files, or JSON instances; answers keep request order."""
+    _check_model_name(model_name, classifier)
+    media_type, options = media_type_of(request.headers.get("content-type"))
+    if media_type not in REQUEST_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type or '(none)'} is not accepted; send one of: "
+            f"{', '.join(REQUEST_MEDIA_TYPES)}",
+            accepted=list(REQUEST_MEDIA_TYPES),
+        )
+    body = await read_body(request, settings.max_body_bytes)
+    decode = _request_decoder(media_type, options, body, settings)
+    features = await run_in_threadpool(decode) if len(body) > OFFLOAD_BYTES else decode()
+    batch = np.stack(features)
+    predictions = classifier.predict(batch)
+    content = {
+        "model": {
+            "name": classifier.name,
+            "version": classifier.version,
+            "scores": classifier.score_kind,
+        },
+        "predictions": [
+            _prediction_body(prediction, row, classifier, with_pixels=bool(include))
+            for prediction, row in zip(predictions, batch, strict=True)
+        ],
+    }
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
+def _check_model_name(model_name: str, classifier: Classifier) -> None:
+    """404 for any name but the hosted model's."""
+    if model_name != classifier.name:
+        raise ModelNotFound(f"no model named {model_name!r}; this server hosts {classifier.name!r}")
+
+
+def _prediction_body(
+    prediction: Prediction, row: Features, classifier: Classifier, *, with_pixels: bool
+) -> dict[str, Any]:
+    """One prediction as JSON."""
+    body: dict[str, Any] = {
+        "label": prediction.label,
+        "confidence": prediction.confidence,
+        classifier.score_kind: prediction.scores,
+    }
+    if with_pixels:
+        body["pixels"] = row.reshape(GRID, GRID).tolist()
+    return body
+
+
+def _request_decoder(
+    media_type: str, options: dict[bytes, bytes], body: bytes, settings: Settings
+) -> Callable[[], list[Features]]:
+    """Pick how to turn this body into feature rows; the returned call does the CPU work."""
+    max_pixels = settings.max_image_pixels
+    limit = settings.max_images_per_request
+    if media_type in ACCEPTED_MEDIA_TYPES:
+        return lambda: [image_to_features(body, max_pixels=max_pixels)]
+    if media_type == "multipart/form-data":
+        boundary = options.get(b"boundary")
+        if not boundary:
+            raise InvalidInput("multipart/form-data needs a boundary parameter in Content-Type")
+        return lambda: _multipart_features(body, boundary, max_pixels, limit)
+    return lambda: _json_features(body, max_pixels, limit)
+
+
+def _multipart_features(
+    body: bytes, boundary: bytes, max_pixels: int, limit: int
+) -> list[Features]:
+    """Features of every `image` part, in order."""
+    parts = parse_multipart(body, boundary, max_parts=limit)
+    unexpected = sorted({part.name for part in parts if part.name != MULTIPART_FIELD})
+    if unexpected:
+        raise InvalidInput(
+            f"unexpected form field(s) {', '.join(map(repr, unexpected))}; "
+            f"send each image in a field named {MULTIPART_FIELD!r}"
+        )
+    if not parts:
+        raise InvalidInput(f"the form has no {MULTIPART_FIELD!r} file part")
+    return [
+        _itemised(index, part.filename, _image_features, bytes(part.data), max_pixels)
+        for index, part in enumerate(parts)
+    ]
+
+
+def _json_features(body: bytes, max_pixels: int, limit: int) -> list[Features]:
+    """Features of every JSON instance, in order."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict) or set(document) != {"instances"}:
+        raise InvalidInput('the JSON body must be an object with one key, "instances"')
+    instances = document["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput('"instances" must be a non-empty list')
+    if len(instances) > limit:
+        raise TooManyImages(
+            f"{len(instances)} instances in one request; the limit is {limit}", limit=limit
+        )
+    return [
+        _itemised(index, None, _instance_features, item, max_pixels)
+        for index, item in enumerate(instances)
+    ]
+
+
+def _instance_features(instance: object, max_pixels: int) -> Features:
+    """One JSON instance: {"b64": image} or ready-made pixels."""
+    if isinstance(instance, dict):
+        if set(instance) != {"b64"} or not isinstance(instance["b64"], str):
+            raise InvalidInput('an image instance must be {"b64": "<base64 string>"}')
+        try:
+            data = base64.b64decode(instance["b64"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput("b64 is not valid base64") from exc
+        return image_to_features(data, max_pixels=max_pixels)
+    return pixels_to_features(instance)
+
+
+def _image_features(data: bytes, max_pixels: int) -> Features:
+    """One encoded image's features."""
+    return image_to_features(data, max_pixels=max_pixels)
+
+
+def _itemised(
+    index: int,
+    filename: str | None,
+    work: Callable[[Item, int], Features],
+    item: Item,
+    max_pixels: int,
+) -> Features:
+    """Run one item's preprocessing, naming the item in any error it raises."""
+    try:
+        return work(item, max_pixels)
+    except DigitserveError as exc:
+        where = f"item {index}" + (f" ({filename})" if filename else "")
+        raise type(exc)(f"{where}: {exc.detail}", headers=exc.headers, **exc.extra) from exc

@@ -1,0 +1,153 @@
+"""Request and response bodies as documented in OpenAPI ("model" means the classifier here)."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Include = Literal["pixels"]
+
+
+class Base64Image(BaseModel):
+    """An encoded JPEG or PNG image inside JSON (the KServe v1 / TF-Serving `b64` convention)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    b64: str = Field(description="Standard base64 of the JPEG or PNG bytes.")
+
+
+PixelRow = list[int]
+
+
+class PredictRequest(BaseModel):
+    """The JSON request shape: a list of instances, each an image or 64 ready-made features."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"instances": [{"b64": "/9j/4AAQSkZJRgABAQAAAQABAAD..."}]},
+                {"instances": [[0, 0, 5, 13, 9, 1, 0, 0] * 8]},
+            ]
+        },
+    )
+
+    instances: list[Base64Image | list[int] | list[PixelRow]] = Field(
+        min_length=1,
+        description='Each instance is {"b64": ...}, 64 integers 0..16, or an 8x8 list of lists.',
+    )
+
+
+class ModelRef(BaseModel):
+    """Which model answered, and which kind of per-class scores it gives."""
+
+    name: str = Field(examples=["digits"])
+    version: str = Field(examples=["1.0.0"])
+    scores: Literal["probabilities", "decision_scores"] = Field(
+        description="`probabilities` (calibrated, sum to 1) when the model has predict_proba; "
+        "otherwise `decision_scores` (raw SVC decision function, not probabilities)."
+    )
+
+
+class PredictionBody(BaseModel):
+    """One image's answer."""
+
+    label: int | str = Field(description="The class from the model's predict().", examples=[7])
+    confidence: float | None = Field(
+        description="Probability of `label`; null when the model gives no probabilities.",
+        examples=[0.97],
+    )
+    probabilities: dict[str, float] | None = Field(
+        default=None,
+        description="Probability per class label (present when model.scores is `probabilities`).",
+    )
+    decision_scores: dict[str, float] | None = Field(
+        default=None,
+        description="Decision score per class (present when model.scores is `decision_scores`).",
+    )
+    pixels: list[list[int]] | None = Field(
+        default=None,
+        description="With `include=pixels`: the 8x8 grid of 0..16 the model actually saw.",
+    )
+
+
+class PredictResponse(BaseModel):
+    """Predictions in the order the images were sent."""
+
+    model: ModelRef
+    predictions: list[PredictionBody]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the one error envelope of every 4xx and 5xx."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "/v1/errors#invalid_image",
+                    "title": "Invalid image",
+                    "status": 400,
+                    "detail": "could not decode the image/jpeg image: it is truncated or corrupt",
+                    "code": "invalid_image",
+                    "request_id": "5f0c7c1a9b2e4a8f",
+                    "error": "could not decode the image/jpeg image: it is truncated or corrupt",
+                }
+            ]
+        },
+    )
+
+    type: str = Field(description="URI of the error's entry in the catalogue at /v1/errors.")
+    title: str
+    status: int
+    detail: str = Field(description="What went wrong with this request, in words.")
+    code: str = Field(description="Stable machine-readable error code.")
+    request_id: str | None = Field(description="Echoes X-Request-ID; quote it when reporting.")
+    error: str = Field(
+        description="Same as detail; the field Open Inference Protocol clients read."
+    )
+
+
+class ErrorEntry(BaseModel):
+    """One error a client can receive."""
+
+    code: str
+    status: int
+    title: str
+    description: str
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: Literal["alive", "ready"]
+    model: dict[str, str] | None = None
+
+
+class ModelMetadata(BaseModel):
+    """The model card: what the model does and exactly how to call it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: str
+    description: str
+    sha256: str
+    scores: Literal["probabilities", "decision_scores"]
+    classes: list[int | str]
+    labels: dict[str, str]
+    input: dict[str, Any]
+    output: dict[str, Any]
+    preprocessing: list[str]
+    limits: dict[str, int]
+    endpoints: dict[str, str]
+
+
+class ModelList(BaseModel):
+    """Every model this server hosts."""
+
+    models: list[ModelMetadata]
+
+
+REQUEST_SCHEMAS: tuple[type[BaseModel], ...] = (PredictRequest,)
+"""Bodies read by hand (for speed and exact errors) whose schemas still belong in OpenAPI."""

@@ -1,0 +1,392 @@
+"""The native API: every request shape, every documented error, the model card."""
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from numpy.typing import NDArray
+from PIL import Image
+from sklearn.svm import SVC
+
+from digitserve.app import create_app
+from digitserve.classifier import Classifier, load_classifier
+from digitserve.schemas import ModelMetadata, PredictResponse, Problem
+from digitserve.settings import Settings
+from digitserve.training import Split
+from tests.conftest import MODEL_PATH, Renderer, encode
+
+PREDICT = "/v1/models/digits:predict"
+
+
+def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    """Check a response is the one error envelope with this status and code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    Problem.model_validate(body)
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["type"] == f"/v1/errors#{code}"
+    assert body["error"] == body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text
+    return body
+
+
+def test_jpeg_body(client: TestClient, seven: NDArray[np.int64], render: Renderer) -> None:
+    response = client.post(PREDICT, content=render(seven), headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200
+    body = PredictResponse.model_validate(response.json())
+    assert body.model.model_dump() == {
+        "name": "digits",
+        "version": "1.0.0",
+        "scores": "probabilities",
+    }
+    [prediction] = body.predictions
+    assert prediction.label == 7
+    assert prediction.probabilities is not None
+    assert (
+        prediction.confidence
+        == prediction.probabilities["7"]
+        == max(prediction.probabilities.values())
+    )
+    assert prediction.pixels is None
+    assert "pixels" not in response.json()["predictions"][0]
+
+
+def test_png_body_with_pixels(
+    client: TestClient, seven: NDArray[np.int64], render: Renderer
+) -> None:
+    response = client.post(
+        PREDICT,
+        params={"include": "pixels"},
+        content=render(seven, 32, "PNG"),
+        headers={"content-type": "image/png"},
+    )
+    assert response.status_code == 200
+    assert response.json()["predictions"][0]["pixels"] == seven.reshape(8, 8).tolist()
+
+
+def test_multipart_keeps_order(
+    client: TestClient, classifier: Classifier, split: Split, render: Renderer
+) -> None:
+    rows = split.x_test[:5].astype(np.int64)
+    files = [("image", (f"{i}.jpg", render(row, 64), "image/jpeg")) for i, row in enumerate(rows)]
+    response = client.post(PREDICT, files=files)
+    assert response.status_code == 200
+    labels = [p["label"] for p in response.json()["predictions"]]
+    assert labels == classifier.estimator.predict(rows).tolist()
+
+
+def test_json_instances_of_every_kind(
+    client: TestClient, seven: NDArray[np.int64], render: Renderer
+) -> None:
+    instances = [
+        {"b64": base64.b64encode(render(seven)).decode()},
+        seven.tolist(),
+        seven.reshape(8, 8).tolist(),
+    ]
+    response = client.post(PREDICT, json={"instances": instances}, params={"include": "pixels"})
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == [7, 7, 7]
+    assert predictions[1]["pixels"] == seven.reshape(8, 8).tolist()
+
+
+def test_data_examples_are_read_correctly(client: TestClient) -> None:
+    files = sorted(Path(MODEL_PATH.parent.parent, "data").glob("*.jpg"))
+    assert len(files) >= 20
+    response = client.post(
+        PREDICT, files=[("image", (f.name, f.read_bytes(), "image/jpeg")) for f in files]
+    )
+    assert response.status_code == 200
+    assert [p["label"] for p in response.json()["predictions"]] == [int(f.name[0]) for f in files]
+
+
+def test_model_without_probabilities_says_so(
+    tmp_path: Path, split: Split, render: Renderer
+) -> None:
+    path = tmp_path / "plain.pickle"
+    import pickle
+
+    path.write_bytes(pickle.dumps(SVC(gamma=0.001).fit(split.x_train, split.y_train)))
+    settings = Settings(model_path=path)
+    with TestClient(create_app(settings, load_classifier(path))) as client:
+        response = client.post(
+            PREDICT, content=render(split.x_test[0]), headers={"content-type": "image/jpeg"}
+        )
+        card = client.get("/v1/models/digits").json()
+    body = response.json()
+    assert body["model"]["scores"] == "decision_scores"
+    [prediction] = body["predictions"]
+    assert prediction["confidence"] is None
+    assert "probabilities" not in prediction
+    assert len(prediction["decision_scores"]) == 10
+    assert card["scores"] == "decision_scores"
+    assert card["version"] == card["sha256"][:12]
+
+
+def test_model_card(client: TestClient) -> None:
+    response = client.get("/v1/models/digits")
+    assert response.status_code == 200
+    card = ModelMetadata.model_validate(response.json()).model_dump()
+    assert card["name"] == "digits"
+    assert card["classes"] == list(range(10))
+    assert card["labels"]["3"] == "three"
+    assert card["scores"] == "probabilities"
+    assert card["limits"] == {
+        "max_body_bytes": 10 * 1024 * 1024,
+        "max_image_pixels": 40_000_000,
+        "max_images_per_request": 64,
+        "min_image_side": 8,
+    }
+    assert set(card["input"]["media_types"]) == {
+        "image/jpeg",
+        "image/png",
+        "multipart/form-data",
+        "application/json",
+    }
+    assert card["endpoints"]["predict"] == "POST /v1/models/digits:predict"
+    assert response.json()["training"]["test_accuracy"] >= 0.98
+    assert client.get("/v1/models").json() == {"models": [response.json()]}
+
+
+def test_index_and_error_catalogue(client: TestClient) -> None:
+    index = client.get("/v1").json()
+    assert index["links"]["predict"] == PREDICT
+    assert client.get("/").json() == index
+    errors = client.get("/v1/errors").json()
+    assert {"code": "blank_image", "status": 422}.items() <= {
+        **errors[0],
+        **next(e for e in errors if e["code"] == "blank_image"),
+    }.items()
+
+
+# ---- errors, one test per documented code ---------------------------------------------------
+
+
+def test_400_undecodable_image(client: TestClient) -> None:
+    body = assert_problem(
+        client.post(
+            PREDICT, content=b"\xff\xd8\xff garbage", headers={"content-type": "image/jpeg"}
+        ),
+        400,
+        "invalid_image",
+    )
+    assert "truncated or corrupt" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"inputs": []}', 'one key, "instances"'),
+        (b'{"instances": []}', "non-empty list"),
+        (b'{"instances": [{"b64": "***"}]}', "item 0: b64 is not valid base64"),
+        (b'{"instances": [{"url": "http://x"}]}', '{"b64"'),
+        (b'{"instances": [[1, 2, 3]]}', "item 0: pixels must hold 64 values"),
+        (b'{"instances": ["abc"]}', "item 0: pixels must be a list"),
+        (b"[" * 5000 + b"]" * 5000, "not valid JSON"),
+        (b'{"instances": "\xff\xfe"}', "not valid JSON"),
+    ],
+)
+def test_400_malformed_json(client: TestClient, payload: bytes, message: str) -> None:
+    body = assert_problem(
+        client.post(PREDICT, content=payload, headers={"content-type": "application/json"}),
+        400,
+        "invalid_input",
+    )
+    assert message in body["detail"]
+
+
+def test_400_bad_image_in_a_batch_names_the_item(
+    client: TestClient, render: Renderer, seven: Any
+) -> None:
+    files = [
+        ("image", ("good.jpg", render(seven), "image/jpeg")),
+        ("image", ("bad.jpg", b"junk", "image/jpeg")),
+    ]
+    body = assert_problem(client.post(PREDICT, files=files), 400, "invalid_image")
+    assert body["detail"].startswith("item 1 (bad.jpg): ")
+
+
+def test_400_multipart_problems(client: TestClient, render: Renderer, seven: Any) -> None:
+    wrong_field = client.post(PREDICT, files=[("picture", ("a.jpg", render(seven), "image/jpeg"))])
+    assert "'picture'" in assert_problem(wrong_field, 400, "invalid_input")["detail"]
+    no_boundary = client.post(
+        PREDICT, content=b"x", headers={"content-type": "multipart/form-data"}
+    )
+    assert "boundary" in assert_problem(no_boundary, 400, "invalid_input")["detail"]
+    empty = client.post(
+        PREDICT, content=b"--b--\r\n", headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert "no 'image' file part" in assert_problem(empty, 400, "invalid_input")["detail"]
+    cut = client.post(
+        PREDICT,
+        content=b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\nabc',
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert_problem(cut, 400, "invalid_input")
+
+
+def test_400_bad_query(client: TestClient, render: Renderer, seven: Any) -> None:
+    response = client.post(
+        PREDICT,
+        params={"include": "everything"},
+        content=render(seven),
+        headers={"content-type": "image/jpeg"},
+    )
+    assert "include" in assert_problem(response, 400, "invalid_input")["detail"]
+
+
+def test_404_unknown_model_and_route(client: TestClient) -> None:
+    assert_problem(
+        client.post("/v1/models/cats:predict", json={"instances": [[0] * 64]}),
+        404,
+        "model_not_found",
+    )
+    assert_problem(client.get("/v1/models/cats"), 404, "model_not_found")
+    assert "/nowhere" in assert_problem(client.get("/nowhere"), 404, "not_found")["detail"]
+
+
+def test_405_wrong_method(client: TestClient) -> None:
+    response = client.get(PREDICT)
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+    response = client.delete("/v1/models")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET"
+
+
+def test_413_body_over_the_byte_limit(settings: Settings, classifier: Any) -> None:
+    small = settings.model_copy(update={"max_body_bytes": 2048})
+    with TestClient(create_app(small, classifier)) as client:
+        response = client.post(
+            PREDICT, content=b"\0" * 4096, headers={"content-type": "image/jpeg"}
+        )
+        body = assert_problem(response, 413, "body_too_large")
+        assert body["limit"] == 2048
+
+        def chunks() -> Any:
+            yield b"\0" * 1500
+            yield b"\0" * 1500
+
+        streamed = client.post(PREDICT, content=chunks(), headers={"content-type": "image/jpeg"})
+        assert_problem(streamed, 413, "body_too_large")
+
+
+def test_413_image_over_the_pixel_limit(
+    settings: Settings, classifier: Any, render: Renderer, seven: Any
+) -> None:
+    small = settings.model_copy(update={"max_image_pixels": 1000})
+    with TestClient(create_app(small, classifier)) as client:
+        response = client.post(
+            PREDICT, content=render(seven, 64), headers={"content-type": "image/jpeg"}
+        )
+    assert assert_problem(response, 413, "image_too_large")["limit"] == 1000
+
+
+def test_413_too_many_images(client: TestClient, render: Renderer, seven: Any) -> None:
+    too_many = {"instances": [[0] * 64] * 65}
+    assert (
+        assert_problem(client.post(PREDICT, json=too_many), 413, "too_many_images")["limit"] == 64
+    )
+    files = [("image", (f"{i}.jpg", render(seven), "image/jpeg")) for i in range(65)]
+    assert_problem(client.post(PREDICT, files=files), 413, "too_many_images")
+
+
+def test_415_unsupported_media_types(client: TestClient) -> None:
+    body = assert_problem(
+        client.post(PREDICT, content=b"hello", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
+    assert body["accepted"] == [
+        "image/jpeg",
+        "image/png",
+        "multipart/form-data",
+        "application/json",
+    ]
+    assert_problem(client.post(PREDICT, content=b"hello"), 415, "unsupported_media_type")
+    gif = encode(Image.new("RGB", (16, 16)), "GIF")
+    body = assert_problem(
+        client.post(PREDICT, content=gif, headers={"content-type": "image/jpeg"}),
+        415,
+        "unsupported_media_type",
+    )
+    assert "image/gif" in body["detail"]
+
+
+def test_422_not_a_digit(client: TestClient) -> None:
+    tiny = encode(Image.new("L", (4, 4)), "PNG")
+    assert_problem(
+        client.post(PREDICT, content=tiny, headers={"content-type": "image/png"}),
+        422,
+        "image_too_small",
+    )
+    blank = encode(Image.new("RGB", (64, 64), "white"), "JPEG")
+    assert_problem(
+        client.post(PREDICT, content=blank, headers={"content-type": "image/jpeg"}),
+        422,
+        "blank_image",
+    )
+
+
+def test_500_hides_internals(
+    settings: Settings, classifier: Any, render: Renderer, seven: Any
+) -> None:
+    class Broken:
+        def predict(self, rows: Any) -> Any:
+            raise RuntimeError("secret path /srv/model.pickle")
+
+    broken = type(classifier)(
+        **{
+            **{f: getattr(classifier, f) for f in classifier.__dataclass_fields__},
+            "estimator": Broken(),
+        }
+    )
+    with TestClient(create_app(settings, broken), raise_server_exceptions=False) as client:
+        response = client.post(
+            PREDICT, content=render(seven), headers={"content-type": "image/jpeg"}
+        )
+    body = assert_problem(response, 500, "internal_error")
+    assert "secret" not in response.text
+    assert body["detail"] == "internal error; quote the request_id when reporting it"
+
+
+def test_request_id_is_echoed_or_made(client: TestClient) -> None:
+    given = client.get("/v1/models/nope", headers={"x-request-id": "trace-42"})
+    assert given.headers["x-request-id"] == "trace-42"
+    assert given.json()["request_id"] == "trace-42"
+    unsafe = client.get("/healthz", headers={"x-request-id": "bad id\twith spaces"})
+    assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+    assert len(unsafe.headers["x-request-id"]) == 32
+
+
+def test_openapi_documents_every_request_shape_and_error(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    operation = spec["paths"]["/v1/models/{model_name}:predict"]["post"]
+    assert set(operation["requestBody"]["content"]) == {
+        "image/jpeg",
+        "image/png",
+        "multipart/form-data",
+        "application/json",
+    }
+    assert {"400", "404", "413", "415", "422", "503"} <= set(operation["responses"])
+    assert "PredictRequest" in spec["components"]["schemas"]
+    assert "Problem" in spec["components"]["schemas"]
+    json.dumps(spec)
+
+
+def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "/docs-assets/swagger-ui-bundle.js" in page.text
+    assert "cdn." not in page.text
+    asset = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert asset.status_code == 200
+    assert len(asset.content) > 100_000

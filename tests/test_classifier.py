@@ -1,0 +1,124 @@
+"""Loading the model: what it can do is decided once, and every unusable file is refused clearly."""
+
+import json
+import pickle
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from digitserve.classifier import Classifier, load_classifier
+from digitserve.errors import ModelLoadError
+from digitserve.training import Split
+from tests.conftest import MODEL_PATH
+
+
+def write_pickle(path: Path, obj: object) -> Path:
+    """Pickle an object to a file."""
+    path.write_bytes(pickle.dumps(obj))
+    return path
+
+
+def test_bundled_model_reports_probabilities(classifier: Classifier) -> None:
+    assert classifier.name == "digits"
+    assert classifier.version == "1.0.0"
+    assert classifier.score_kind == "probabilities"
+    assert classifier.classes == tuple(range(10))
+    assert classifier.card["sha256"] == classifier.sha256
+
+
+def test_predictions_agree_with_the_estimator(classifier: Classifier, split: Split) -> None:
+    rows = split.x_test[:50].astype(np.int64)
+    predictions = classifier.predict(rows)
+    assert [p.label for p in predictions] == classifier.estimator.predict(rows).tolist()
+    for prediction in predictions:
+        assert sum(prediction.scores.values()) == pytest.approx(1.0)
+        assert prediction.confidence == prediction.scores[str(prediction.label)]
+        assert set(prediction.scores) == {str(label) for label in range(10)}
+
+
+def test_svc_without_probabilities_reports_decision_scores(tmp_path: Path, split: Split) -> None:
+    model = SVC(gamma=0.001).fit(split.x_train, split.y_train)
+    loaded = load_classifier(write_pickle(tmp_path / "plain.pickle", model))
+    assert loaded.score_kind == "decision_scores"
+    assert loaded.version == loaded.sha256[:12]
+    [prediction] = loaded.predict(split.x_test[:1].astype(np.int64))
+    assert prediction.confidence is None
+    assert prediction.label == model.predict(split.x_test[:1])[0]
+    assert max(prediction.scores, key=prediction.scores.__getitem__) == str(prediction.label)
+
+
+def test_binary_decision_function_gets_a_score_per_class(tmp_path: Path, split: Split) -> None:
+    odd = split.y_train % 2
+    model = SVC(gamma=0.001).fit(split.x_train, odd)
+    loaded = load_classifier(write_pickle(tmp_path / "odd.pickle", model))
+    [prediction] = loaded.predict(split.x_test[:1].astype(np.int64))
+    assert set(prediction.scores) == {"0", "1"}
+    assert prediction.scores["0"] == -prediction.scores["1"]
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_classifier(tmp_path / "absent.pickle")
+
+
+def test_garbage_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.pickle"
+    path.write_bytes(b"not a pickle at all")
+    with pytest.raises(ModelLoadError, match="not a readable model pickle"):
+        load_classifier(path)
+
+
+@pytest.mark.parametrize("obj", [{"weights": [1, 2, 3]}, StandardScaler().fit([[0.0], [1.0]])])
+def test_non_classifier_is_refused(tmp_path: Path, obj: object) -> None:
+    with pytest.raises(ModelLoadError, match="not a scikit-learn classifier"):
+        load_classifier(write_pickle(tmp_path / "other.pickle", obj))
+
+
+def test_unfitted_classifier_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="never fitted"):
+        load_classifier(write_pickle(tmp_path / "unfitted.pickle", SVC()))
+
+
+def test_wrong_number_of_features_is_refused(tmp_path: Path, split: Split) -> None:
+    model = SVC().fit(split.x_train[:, :10], split.y_train)
+    with pytest.raises(ModelLoadError, match="expects 10 features"):
+        load_classifier(write_pickle(tmp_path / "narrow.pickle", model))
+
+
+def test_other_scikit_learn_release_is_refused(tmp_path: Path) -> None:
+    import sklearn
+
+    data = MODEL_PATH.read_bytes()
+    current = sklearn.__version__.encode()
+    assert data.count(current) >= 1
+    older = b"0" + current[1:]
+    path = tmp_path / "old.pickle"
+    path.write_bytes(data.replace(current, older))
+    with pytest.raises(ModelLoadError, match=f"written by scikit-learn {older.decode()}"):
+        load_classifier(path)
+
+
+def test_card_describing_another_file_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "classifier.pickle"
+    shutil.copy(MODEL_PATH, path)
+    card = json.loads(MODEL_PATH.with_suffix(".json").read_text())
+    card["sha256"] = "0" * 64
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_classifier(path)
+    assert loaded.card == {}
+    assert loaded.version == loaded.sha256[:12]
+
+
+def test_unreadable_card_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "classifier.pickle"
+    shutil.copy(MODEL_PATH, path)
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        load_classifier(path)

@@ -1,0 +1,161 @@
+"""The real server as a process on a real socket: examples, held-out accuracy, limits, SIGTERM."""
+
+import base64
+import csv
+import io
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import requests
+
+from digitserve.classifier import Classifier
+from digitserve.training import Split
+from tests.conftest import DATA_DIR, MODEL_PATH, Renderer
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class LiveServer:
+    """A running `digitserve serve` process."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+
+def free_port() -> int:
+    """Ask the kernel for a port nobody is using."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_server(*args: str) -> LiveServer:
+    """Start the CLI's server and wait until /readyz says it is ready."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "digitserve",
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            str(MODEL_PATH),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early: {process.stdout.read()!r}")  # type: ignore[union-attr]
+        try:
+            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return LiveServer(process, url)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not become ready in 60 s")
+
+
+def stop_server(server: LiveServer) -> int:
+    """SIGTERM, as an orchestrator would, and return the exit status."""
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(timeout=30)
+    finally:
+        if server.process.stdout:
+            server.process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[LiveServer]:
+    """One real server for the module."""
+    server = start_server()
+    yield server
+    assert stop_server(server) == 0
+
+
+def test_every_example_image_gets_its_label(live: LiveServer) -> None:
+    with (DATA_DIR / "labels.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) >= 20
+    for row in rows:
+        response = requests.post(
+            f"{live.url}/v1/models/digits:predict",
+            data=(DATA_DIR / row["file"]).read_bytes(),
+            headers={"Content-Type": "image/jpeg"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == int(row["label"]), row["file"]
+
+
+def test_held_out_digits_as_jpegs_agree_with_raw_vectors(
+    live: LiveServer, split: Split, classifier: Classifier, render: Renderer
+) -> None:
+    rows = split.x_test.astype(np.int64)
+    expected = classifier.estimator.predict(rows.astype(np.float64))
+    answers: list[int] = []
+    for start in range(0, len(rows), 64):
+        batch = rows[start : start + 64]
+        files = [("image", (f"{i}.jpg", render(row), "image/jpeg")) for i, row in enumerate(batch)]
+        response = requests.post(f"{live.url}/v1/models/digits:predict", files=files, timeout=30)
+        assert response.status_code == 200, response.text
+        answers.extend(p["label"] for p in response.json()["predictions"])
+    agreement = float(np.mean(np.asarray(answers) == expected))
+    assert len(answers) == len(rows) == 899
+    assert agreement >= 0.99
+
+
+def test_json_base64_over_the_wire(live: LiveServer, render: Renderer, seven: np.ndarray) -> None:
+    payload = {"instances": [{"b64": base64.b64encode(render(seven, 256)).decode()}]}
+    response = requests.post(f"{live.url}/v1/models/digits:predict", json=payload, timeout=10)
+    assert response.json()["predictions"][0]["label"] == 7
+
+
+def test_oversized_body_is_refused_before_it_is_sent(live: LiveServer) -> None:
+    with socket.create_connection(
+        ("127.0.0.1", int(live.url.rsplit(":", 1)[1])), timeout=10
+    ) as conn:
+        conn.sendall(
+            b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 40000000\r\n\r\n"
+        )
+        reply = io.BytesIO()
+        while b"\r\n\r\n" not in reply.getvalue():
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply.write(chunk)
+    head = reply.getvalue().split(b"\r\n", 1)[0]
+    assert head == b"HTTP/1.1 413 Request Entity Too Large"
+    assert requests.get(f"{live.url}/readyz", timeout=5).status_code == 200
+
+
+def test_two_workers_serve_and_stop_cleanly() -> None:
+    server = start_server("--workers", "2")
+    try:
+        for _ in range(20):
+            response = requests.post(
+                f"{server.url}/v1/models/digits:predict",
+                json={"instances": [[0, 0, 10, 16, 16, 10, 0, 0] * 8]},
+                headers={"Connection": "close"},
+                timeout=10,
+            )
+            assert response.status_code == 200
+            assert response.json()["predictions"][0]["label"] in range(10)
+    finally:
+        assert stop_server(server) == 0

@@ -1,0 +1,232 @@
+"""Preprocessing, without HTTP or a model: decoding, intensity, area averaging, refusals."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+
+from digitserve.errors import (
+    BlankImage,
+    ImageTooLarge,
+    ImageTooSmall,
+    InvalidImage,
+    InvalidInput,
+    UnsupportedMediaType,
+)
+from digitserve.preprocessing import (
+    area_average,
+    decode_image,
+    image_to_features,
+    ink_intensity,
+    pixels_to_features,
+    render_digit,
+    sniff_media_type,
+    to_features,
+)
+from digitserve.training import Split
+from tests.conftest import Renderer, encode
+
+LIMIT = 40_000_000
+
+
+def features_of(data: bytes) -> NDArray[np.int64]:
+    """Shorthand with the default pixel limit."""
+    return image_to_features(data, max_pixels=LIMIT)
+
+
+def test_8x8_jpeg_round_trip_stays_within_one_level(split: Split, render: Renderer) -> None:
+    originals = split.x_test[:300].astype(np.int64)
+    recovered = np.stack([features_of(render(row)) for row in originals])
+    difference = np.abs(recovered - originals)
+    assert difference.max() <= 2
+    assert (difference <= 1).mean() >= 0.995
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_32x32_bitmap_gives_exact_4x4_block_counts(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    bitmap = rng.random((32, 32)) < rng.uniform(0.1, 0.9)
+    expected = bitmap.reshape(8, 4, 8, 4).sum(axis=(1, 3)).reshape(64)
+    image = Image.fromarray(np.where(bitmap, 0, 255).astype(np.uint8), "L")
+    assert features_of(encode(image, "PNG")).tolist() == expected.tolist()
+    assert features_of(encode(image.convert("RGB"), "PNG")).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("side", [16, 64, 256])
+def test_plain_upscale_gives_back_the_original_features(
+    split: Split, render: Renderer, side: int
+) -> None:
+    original = split.x_test[3].astype(np.int64)
+    assert features_of(render(original, side, "PNG")).tolist() == original.tolist()
+    assert np.abs(features_of(render(original, side, "JPEG")) - original).max() <= 1
+
+
+def test_area_average_weighs_fractional_pixels() -> None:
+    ink = np.zeros((12, 12), dtype=np.float32)
+    ink[:, :6] = 1.0
+    grid = area_average(ink)
+    assert grid[:, :4].tolist() == np.ones((8, 4)).tolist()
+    assert grid[:, 4:].tolist() == np.zeros((8, 4)).tolist()
+    ink = np.zeros((10, 10), dtype=np.float32)
+    ink[:, 0] = 1.0
+    # Output cell 0 covers 1.25 source columns: all of column 0 and a quarter of column 1.
+    assert area_average(ink)[0, 0] == pytest.approx(0.8)
+
+
+def test_intensity_follows_the_rgb_distance_formula() -> None:
+    colours = Image.new("RGB", (2, 1))
+    colours.putpixel((0, 0), (255, 0, 0))
+    colours.putpixel((1, 0), (128, 128, 128))
+    red, grey = ink_intensity(colours)[0]
+    assert red == pytest.approx(np.sqrt(2) / np.sqrt(3), abs=1e-6)
+    assert grey == pytest.approx(127 / 255, abs=1e-6)
+    assert to_features(Image.new("RGB", (8, 8), (255, 0, 0))).tolist() == [13] * 64
+
+
+def test_greyscale_progressive_and_cmyk_jpegs_read_like_rgb(seven: NDArray[np.int64]) -> None:
+    image = render_digit(seven, 64)
+    baseline = features_of(encode(image.convert("RGB"), "JPEG", quality=95))
+    variants = {
+        "greyscale": encode(image, "JPEG", quality=95),
+        "progressive": encode(image.convert("RGB"), "JPEG", quality=95, progressive=True),
+        "cmyk": encode(image.convert("CMYK"), "JPEG", quality=95),
+    }
+    for name, data in variants.items():
+        assert np.abs(features_of(data) - baseline).max() <= 1, name
+
+
+def test_exif_orientation_is_applied(seven: NDArray[np.int64]) -> None:
+    upright = render_digit(seven, 64)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    data = encode(stored, "PNG", exif=exif.tobytes())
+    assert features_of(data).tolist() == seven.tolist()
+
+
+def test_transparency_is_composited_onto_white(seven: NDArray[np.int64]) -> None:
+    ink = render_digit(seven, 32)
+    alpha = Image.eval(ink, lambda value: 255 - value)
+    black_with_alpha = Image.merge("RGBA", (*Image.new("RGB", (32, 32)).split(), alpha))
+    assert features_of(encode(black_with_alpha, "PNG")).tolist() == seven.tolist()
+    with_alpha = Image.merge("LA", (Image.new("L", (32, 32)), alpha))
+    assert features_of(encode(with_alpha, "PNG")).tolist() == seven.tolist()
+
+
+def test_palette_and_sixteen_bit_pngs(seven: NDArray[np.int64]) -> None:
+    image = render_digit(seven, 32)
+    palette = image.convert("RGB").quantize(colors=17)
+    assert np.abs(features_of(encode(palette, "PNG")) - seven).max() <= 1
+    wide = Image.fromarray(np.asarray(image, dtype=np.uint16) * 257)
+    assert features_of(encode(wide, "PNG")).tolist() == seven.tolist()
+    bilevel = Image.fromarray(np.asarray(image) > 127).convert("1")
+    assert features_of(encode(bilevel, "PNG")).max() == 16
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_dct_scale(seven: NDArray[np.int64]) -> None:
+    data = encode(render_digit(seven, 2048).convert("RGB"), "JPEG", quality=90)
+    decoded = decode_image(data, max_pixels=LIMIT)
+    assert 64 <= decoded.width <= 2048 // 8
+    assert np.abs(to_features(decoded) - seven).max() <= 1
+
+
+def test_random_bytes_are_invalid() -> None:
+    with pytest.raises(InvalidImage):
+        features_of(np.random.default_rng(0).bytes(500))
+
+
+def test_truncated_jpeg_is_invalid(seven: NDArray[np.int64]) -> None:
+    data = encode(render_digit(seven, 64).convert("RGB"), "JPEG")
+    with pytest.raises(InvalidImage):
+        features_of(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media_type"), [("GIF", "image/gif"), ("BMP", "image/bmp"), ("WEBP", "image/webp")]
+)
+def test_other_image_formats_are_unsupported(fmt: str, media_type: str) -> None:
+    data = encode(Image.new("RGB", (16, 16)), fmt)
+    assert sniff_media_type(data) == media_type
+    with pytest.raises(UnsupportedMediaType, match=media_type):
+        features_of(data)
+
+
+def test_svg_is_recognised_and_unsupported() -> None:
+    svg = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>'
+    assert sniff_media_type(svg) == "image/svg+xml"
+    with pytest.raises(UnsupportedMediaType):
+        features_of(svg)
+
+
+def test_too_small_image_is_refused() -> None:
+    with pytest.raises(ImageTooSmall, match="7x9"):
+        features_of(encode(Image.new("L", (7, 9)), "PNG"))
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge):
+        image_to_features(encode(Image.new("L", (100, 100)), "PNG"), max_pixels=9_999)
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a size; no pixel data follows."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_header_is_refused() -> None:
+    with pytest.raises(ImageTooLarge):
+        features_of(png_header_claiming(30000, 30000))
+    with pytest.raises(ImageTooLarge):
+        image_to_features(png_header_claiming(5000, 5000), max_pixels=1_000_000)
+
+
+def test_blank_page_is_refused() -> None:
+    with pytest.raises(BlankImage):
+        features_of(encode(Image.new("RGB", (64, 64), "white"), "JPEG"))
+
+
+def test_pixels_flat_and_grid() -> None:
+    flat = list(range(16)) * 4
+    assert pixels_to_features(flat).tolist() == flat
+    grid = [flat[row * 8 : row * 8 + 8] for row in range(8)]
+    assert pixels_to_features(grid).tolist() == flat
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [0] * 63,
+        [0] * 63 + [17],
+        [0] * 63 + [-1],
+        [0.5] * 64,
+        [True] * 64,
+        "0" * 64,
+        [[0] * 8] * 7 + [[0] * 7],
+        {"pixels": [0] * 64},
+        None,
+    ],
+)
+def test_bad_pixels_are_invalid(bad: object) -> None:
+    with pytest.raises(InvalidInput):
+        pixels_to_features(bad)
+
+
+def test_render_digit_is_the_inverse_of_preprocessing(seven: NDArray[np.int64]) -> None:
+    rendered = render_digit(seven, 8)
+    assert rendered.size == (8, 8)
+    assert to_features(rendered).tolist() == seven.tolist()
+    assert io.BytesIO(encode(rendered, "PNG")).getbuffer().nbytes > 0
