@@ -29,7 +29,7 @@ from digitserve.errors import (
     RouteNotFound,
     problem,
 )
-from digitserve.routes import health, v1
+from digitserve.routes import health, v1, v2
 from digitserve.schemas import REQUEST_SCHEMAS
 from digitserve.settings import Settings
 
@@ -79,6 +79,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None) -> Fast
 
     app.include_router(health.router)
     app.include_router(v1.router)
+    app.include_router(v2.router)
     app.add_api_route("/", v1.index, methods=["GET"], include_in_schema=False)
 
     app.add_exception_handler(DigitserveError, _service_error)

@@ -1,6 +1,6 @@
 """Request and response bodies as documented in OpenAPI ("model" means the classifier here)."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -149,5 +149,161 @@ class ModelList(BaseModel):
     models: list[ModelMetadata]
 
 
-REQUEST_SCHEMAS: tuple[type[BaseModel], ...] = (PredictRequest,)
+# Open Inference Protocol v2 (KServe v2, Triton HTTP), field for field as the protocol has them.
+
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+"""The protocol's tensor element types (Triton's BF16 is not part of it)."""
+
+Parameters = dict[str, str | int | float | bool]
+"""Protocol parameters: string, number or boolean values only."""
+
+_STRICT = ConfigDict(strict=True)
+"""Requests are read by hand and validated strictly: the documented schema is the enforced one."""
+
+
+class InferenceRequestInput(BaseModel):
+    """One input tensor: `data` in JSON, or `parameters.binary_data_size` bytes after the header."""
+
+    model_config = _STRICT
+
+    name: str = Field(examples=["pixels"])
+    shape: list[Annotated[int, Field(ge=0)]] = Field(examples=[[1, 64]])
+    datatype: Datatype = Field(examples=["INT64"])
+    parameters: Parameters | None = Field(
+        default=None, description="`binary_data_size`: bytes of this tensor after the JSON header."
+    )
+    data: list[Any] | None = Field(
+        default=None,
+        description="Row-major elements, flat or nested; BYTES elements of `image` are base64.",
+    )
+
+
+class InferenceRequestOutput(BaseModel):
+    """An output the client wants back, and how."""
+
+    model_config = _STRICT
+
+    name: str = Field(examples=["probabilities"])
+    parameters: Parameters | None = Field(
+        default=None,
+        description="`binary_data` (bool): return it as binary; `classification` (int k): "
+        "return the top k as BYTES `score:index:label` strings instead.",
+    )
+
+
+class InferenceRequest(BaseModel):
+    """The JSON inference request (or the JSON header of a binary one)."""
+
+    model_config = ConfigDict(
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [
+                        {
+                            "name": "pixels",
+                            "shape": [1, 64],
+                            "datatype": "INT64",
+                            "data": [0, 0, 5, 13, 9, 1, 0, 0] * 8,
+                        }
+                    ],
+                    "outputs": [{"name": "label"}],
+                }
+            ]
+        },
+    )
+
+    id: str | None = Field(default=None, description="Echoed in the response.")
+    parameters: Parameters | None = Field(
+        default=None, description="`binary_data_output` (bool): every output as binary."
+    )
+    inputs: list[InferenceRequestInput] = Field(min_length=1)
+    outputs: list[InferenceRequestOutput] | None = Field(
+        default=None, description="What to return; all outputs when omitted."
+    )
+
+
+class InferenceResponseOutput(BaseModel):
+    """One output tensor: `data` in JSON, or `parameters.binary_data_size` bytes after the JSON."""
+
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    """The inference response (the JSON header of a binary one)."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[InferenceResponseOutput]
+
+
+class MetadataTensor(BaseModel):
+    """An input or output the model declares; -1 marks a variable dimension."""
+
+    name: str
+    datatype: Datatype
+    shape: list[int]
+    parameters: Parameters | None = None
+
+
+class ModelMetadataV2(BaseModel):
+    """What the model is and which tensors it takes and gives."""
+
+    name: str
+    versions: list[str] | None = None
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: Parameters | None = None
+
+
+class ServerMetadataV2(BaseModel):
+    """What the server is and which protocol extensions it implements."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ServerLive(BaseModel):
+    """Server liveness."""
+
+    live: bool
+
+
+class ServerReady(BaseModel):
+    """Server readiness (not ready is a 503 problem, never 200 with false)."""
+
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    """Model readiness (not ready is a 503 problem, never 200 with false)."""
+
+    name: str
+    ready: bool
+
+
+REQUEST_SCHEMAS: tuple[type[BaseModel], ...] = (PredictRequest, InferenceRequest)
 """Bodies read by hand (for speed and exact errors) whose schemas still belong in OpenAPI."""

@@ -1,0 +1,487 @@
+"""The Open Inference Protocol v2 (KServe v2, Triton HTTP): health, metadata and inference.
+
+The hosted model takes `image` (BYTES: encoded JPEG/PNG, preprocessed exactly like /v1) or
+`pixels` (64 features 0..16 per row) and gives `label` and `probabilities`. The wire format lives
+in `inference_protocol`; this module maps tensors to features and predictions back to tensors.
+"""
+
+import base64
+import binascii
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from numpy.typing import NDArray
+from starlette.concurrency import run_in_threadpool
+
+from digitserve import __version__
+from digitserve.classifier import Classifier, Prediction
+from digitserve.dependencies import ClassifierDep, get_classifier, get_settings
+from digitserve.errors import (
+    PROBLEM_MEDIA_TYPE,
+    DigitserveError,
+    InvalidInput,
+    ModelNotFound,
+    TooManyImages,
+)
+from digitserve.inference_protocol import (
+    BYTES,
+    NUMERIC_DTYPES,
+    DecodedRequest,
+    Tensor,
+    bytes_tensor,
+    classification_count,
+    classify,
+    compress,
+    decompress,
+    encode_response,
+    header_length,
+    parse_request,
+    response_encoding,
+)
+from digitserve.preprocessing import GRID, LEVELS, N_FEATURES, image_to_features
+from digitserve.routes.bodies import read_body
+from digitserve.routes.v1 import OFFLOAD_BYTES
+from digitserve.schemas import (
+    InferenceResponse,
+    ModelMetadataV2,
+    ModelReady,
+    Problem,
+    ServerLive,
+    ServerMetadataV2,
+    ServerReady,
+)
+from digitserve.settings import Settings
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+
+EXTENSIONS = ["binary_tensor_data", "classification"]
+"""Protocol extensions implemented, as Triton names them in its server metadata."""
+
+PLATFORM = "scikit-learn"
+"""The framework behind the model, for the metadata's `platform`."""
+
+IMAGE, PIXELS = "image", "pixels"
+"""The model's inputs; a request carries exactly one of them."""
+
+LABEL, SCORES = "label", "probabilities"
+"""The model's outputs, in the order they are returned when none are named."""
+
+PIXEL_DATATYPES = tuple(name for name in NUMERIC_DTYPES if name != "BOOL")
+"""Features may come as any integer or float type; they are values 0..16 either way."""
+
+IHCL = "Inference-Header-Content-Length"
+"""The binary data extension's header: where the JSON ends and the binary tensors begin."""
+
+_STATUS_DESCRIPTIONS = {
+    400: "Malformed request or tensor, the message naming the tensor (`invalid_input`), or an "
+    "undecodable image (`invalid_image`).",
+    404: "No model of that name or version (`model_not_found`).",
+    413: "Over a limit: body bytes, inflated body bytes, image pixels, or images per request "
+    "(`body_too_large`, `image_too_large`, `too_many_images`).",
+    415: "A Content-Encoding other than gzip/deflate/identity, or an image that is not JPEG/PNG.",
+    422: "A valid image that cannot be a digit (`image_too_small`, `blank_image`).",
+    503: "Model not ready (`model_not_ready`).",
+}
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer with."""
+    return {
+        status: {
+            "model": Problem,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "description": _STATUS_DESCRIPTIONS[status],
+        }
+        for status in statuses
+    }
+
+
+_BINARY_SCHEMA = {"type": "string", "format": "binary"}
+INFER_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON (`InferenceRequest`); or, with Inference-Header-Content-Length, that "
+        "many bytes of JSON followed by the binary tensors; or, with the header set to 0, one "
+        "raw JPEG/PNG image. Content-Type is not needed; Content-Encoding gzip/deflate is read.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {"schema": _BINARY_SCHEMA},
+        },
+    },
+    "parameters": [
+        {
+            "name": IHCL,
+            "in": "header",
+            "required": False,
+            "description": "Length of the JSON header before binary tensor data (0: raw image).",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    ],
+}
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": InferenceResponse,
+        "description": "JSON, or (when any output is binary) a JSON header of "
+        "Inference-Header-Content-Length bytes followed by the binary outputs.",
+        "content": {"application/octet-stream": {"schema": _BINARY_SCHEMA}},
+        "headers": {
+            IHCL: {
+                "description": "Length of the JSON header, present when outputs are binary.",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+    },
+    **_problems(400, 404, 413, 415, 422, 503),
+}
+
+
+@router.get("", response_model=ServerMetadataV2, summary="Server metadata")
+async def server_metadata() -> ServerMetadataV2:
+    """Name the server, its version and the protocol extensions it implements."""
+    return ServerMetadataV2(name="digitserve", version=__version__, extensions=EXTENSIONS)
+
+
+@router.get("/health/live", response_model=ServerLive, summary="Server liveness")
+async def live() -> ServerLive:
+    """Answer while the process can serve HTTP at all."""
+    return ServerLive(live=True)
+
+
+@router.get(
+    "/health/ready",
+    response_model=ServerReady,
+    summary="Server readiness",
+    responses=_problems(503),
+)
+async def ready(classifier: ClassifierDep) -> ServerReady:
+    """Answer 200 once the model is loaded and warmed up; 503 before and during shutdown."""
+    return ServerReady(ready=True)
+
+
+@router.get(
+    "/models/{model_name}",
+    response_model=ModelMetadataV2,
+    summary="Model metadata",
+    responses=_problems(404, 503),
+)
+async def model_metadata(request: Request, model_name: str) -> dict[str, Any]:
+    """Describe the model's inputs and outputs."""
+    classifier = _served_model(request, model_name, None)
+    return describe_model(classifier, get_settings(request))
+
+
+@router.get(
+    "/models/{model_name}/versions/{model_version}",
+    response_model=ModelMetadataV2,
+    summary="Model metadata (versioned)",
+    responses=_problems(404, 503),
+)
+async def model_version_metadata(
+    request: Request, model_name: str, model_version: str
+) -> dict[str, Any]:
+    """Describe one version of the model (only the served version exists)."""
+    classifier = _served_model(request, model_name, model_version)
+    return describe_model(classifier, get_settings(request))
+
+
+@router.get(
+    "/models/{model_name}/ready",
+    response_model=ModelReady,
+    summary="Model readiness",
+    responses=_problems(404, 503),
+)
+async def model_ready(request: Request, model_name: str) -> ModelReady:
+    """200 when the model can serve; 503 (never 200 with false) when it cannot."""
+    return ModelReady(name=_served_model(request, model_name, None).name, ready=True)
+
+
+@router.get(
+    "/models/{model_name}/versions/{model_version}/ready",
+    response_model=ModelReady,
+    summary="Model readiness (versioned)",
+    responses=_problems(404, 503),
+)
+async def model_version_ready(request: Request, model_name: str, model_version: str) -> ModelReady:
+    """200 when this version of the model can serve."""
+    return ModelReady(name=_served_model(request, model_name, model_version).name, ready=True)
+
+
+@router.post(
+    "/models/{model_name}/infer",
+    response_model=None,
+    summary="Inference",
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_OPENAPI,
+)
+async def infer(request: Request, model_name: str) -> Response:
+    """Run the model on an `image` or `pixels` tensor."""
+    return await _infer(request, _served_model(request, model_name, None))
+
+
+@router.post(
+    "/models/{model_name}/versions/{model_version}/infer",
+    response_model=None,
+    summary="Inference (versioned)",
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_OPENAPI,
+)
+async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
+    """Run one version of the model (only the served version exists)."""
+    return await _infer(request, _served_model(request, model_name, model_version))
+
+
+def _served_model(request: Request, model_name: str, model_version: str | None) -> Classifier:
+    """The model behind a URL: 404 for another name or version, 503 while it is not ready."""
+    served_name = get_settings(request).model_name
+    if model_name != served_name:
+        raise ModelNotFound(f"no model named {model_name!r}; this server hosts {served_name!r}")
+    classifier = get_classifier(request)
+    if model_version is not None and model_version != classifier.version:
+        raise ModelNotFound(
+            f"model {model_name!r} has no version {model_version!r}; it has {classifier.version!r}"
+        )
+    return classifier
+
+
+async def _infer(request: Request, classifier: Classifier) -> Response:
+    """Read the body within the limits, run the CPU work (off the loop when big), and answer."""
+    settings = get_settings(request)
+    body = await read_body(request, settings.max_body_bytes)
+    encoding = request.headers.get("content-encoding")
+    length = request.headers.get(IHCL)
+
+    def work() -> tuple[bytes, int | None]:
+        plain = decompress(body, encoding, limit=settings.max_body_bytes)
+        return run_inference(plain, length, classifier, settings)
+
+    offload = len(body) > OFFLOAD_BYTES or encoding is not None
+    content, json_length = await run_in_threadpool(work) if offload else work()
+    headers = {"Vary": "Accept-Encoding"}
+    if json_length is not None:
+        headers[IHCL] = str(json_length)
+    coding = response_encoding(request.headers.get("accept-encoding"))
+    if coding is not None:
+        content = compress(content, coding)
+        headers["Content-Encoding"] = coding
+    media_type = "application/json" if json_length is None else "application/octet-stream"
+    return Response(content, media_type=media_type, headers=headers)
+
+
+def run_inference(
+    body: bytes, ihcl: str | None, classifier: Classifier, settings: Settings
+) -> tuple[bytes, int | None]:
+    """Decode a (decompressed) request, predict, and encode the response body."""
+    call = parse_request(body, header_length(ihcl, len(body)), raw_input=IMAGE)
+    wanted = _requested_outputs(call)
+    features = _features(call.inputs, settings)
+    predictions = classifier.predict(features)
+    tensors = []
+    for name, binary, count in wanted:
+        tensor = _output(name, predictions, classifier, count)
+        tensors.append((tensor, binary))
+    return encode_response(
+        model_name=classifier.name,
+        model_version=classifier.version,
+        request_id=call.id,
+        outputs=tensors,
+    )
+
+
+def _requested_outputs(call: DecodedRequest) -> list[tuple[str, bool, int | None]]:
+    """Which outputs go back, in order, each binary or JSON, and any classification k."""
+    if not call.outputs:
+        return [(name, call.binary_output(None), None) for name in (LABEL, SCORES)]
+    wanted = []
+    seen = set()
+    for output in call.outputs:
+        if output.name not in (LABEL, SCORES):
+            raise InvalidInput(
+                f"unknown output {output.name!r}; this model gives {LABEL!r} and {SCORES!r}"
+            )
+        if output.name in seen:
+            raise InvalidInput(f"output {output.name!r} is requested more than once")
+        seen.add(output.name)
+        if output.parameters and "shared_memory_region" in output.parameters:
+            raise InvalidInput(f"output {output.name!r}: shared memory is not supported")
+        count = classification_count(output)
+        if count is not None and output.name != SCORES:
+            raise InvalidInput(
+                f"output {output.name!r}: classification is available on {SCORES!r} only"
+            )
+        wanted.append((output.name, call.binary_output(output), count))
+    return wanted
+
+
+def _features(inputs: list[Tensor], settings: Settings) -> NDArray[Any]:
+    """The (n, 64) feature rows from the one input a request carries."""
+    unknown = [tensor.name for tensor in inputs if tensor.name not in (IMAGE, PIXELS)]
+    if unknown:
+        raise InvalidInput(
+            f"unknown input {unknown[0]!r}; this model takes {IMAGE!r} or {PIXELS!r}"
+        )
+    if len(inputs) != 1:
+        raise InvalidInput(f"send one input, either {IMAGE!r} or {PIXELS!r}, not both")
+    [tensor] = inputs
+    if tensor.name == IMAGE:
+        return _image_features(tensor, settings)
+    return _pixel_features(tensor, settings)
+
+
+def _batch_size(tensor: Tensor, limit: int) -> int:
+    """Rows in the batch: at least one, at most the per-request limit."""
+    rows = tensor.data.shape[0]
+    if rows == 0:
+        raise InvalidInput(f"input {tensor.name!r} is empty: shape {list(tensor.data.shape)}")
+    if rows > limit:
+        raise TooManyImages(
+            f"input {tensor.name!r} holds {rows} rows; the limit is {limit}", limit=limit
+        )
+    return int(rows)
+
+
+def _image_features(tensor: Tensor, settings: Settings) -> NDArray[np.int64]:
+    """Decode and preprocess each encoded image, naming the element in any error."""
+    where = f"input {IMAGE!r}"
+    if tensor.datatype != BYTES:
+        raise InvalidInput(
+            f"{where}: datatype must be BYTES (encoded JPEG/PNG), got {tensor.datatype}"
+        )
+    if tensor.data.ndim != 1:
+        raise InvalidInput(
+            f"{where}: shape must be [n], one encoded image per element, "
+            f"got {list(tensor.data.shape)}"
+        )
+    _batch_size(tensor, settings.max_images_per_request)
+    rows = []
+    for index, element in enumerate(tensor.data.tolist()):
+        try:
+            data = _image_bytes(element)
+            rows.append(image_to_features(data, max_pixels=settings.max_image_pixels))
+        except DigitserveError as exc:
+            message = f"{where} element {index}: {exc.detail}"
+            raise type(exc)(message, headers=exc.headers, **exc.extra) from exc
+    return np.stack(rows)
+
+
+def _image_bytes(element: bytes | str) -> bytes:
+    """An image element's bytes: as sent in binary, base64-decoded when it came as JSON."""
+    if isinstance(element, bytes):
+        return element
+    try:
+        return base64.b64decode(element, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput("not valid base64 (in JSON, image elements are base64 strings)") from exc
+
+
+def _pixel_features(tensor: Tensor, settings: Settings) -> NDArray[Any]:
+    """Check ready-made features: [n, 64] or [n, 8, 8], values 0..16, any numeric type."""
+    where = f"input {PIXELS!r}"
+    if tensor.datatype not in PIXEL_DATATYPES:
+        raise InvalidInput(
+            f"{where}: datatype must be an integer or float type, got {tensor.datatype}"
+        )
+    shape = tensor.data.shape
+    if shape[1:] not in ((N_FEATURES,), (GRID, GRID)):
+        raise InvalidInput(
+            f"{where}: shape must be [n, {N_FEATURES}] or [n, {GRID}, {GRID}], got {list(shape)}"
+        )
+    rows = _batch_size(tensor, settings.max_images_per_request)
+    features = tensor.data.reshape(rows, N_FEATURES)
+    if features.dtype.kind == "f":
+        features = features.astype(np.float64)
+        if not np.isfinite(features).all():
+            raise InvalidInput(f"{where}: values must be finite numbers 0..{LEVELS}")
+    else:
+        features = features.astype(np.int64)
+    if features.min() < 0 or features.max() > LEVELS:
+        raise InvalidInput(f"{where}: values must lie in 0..{LEVELS}")
+    return features
+
+
+def _output(
+    name: str, predictions: list[Prediction], classifier: Classifier, count: int | None
+) -> Tensor:
+    """One output tensor for the batch."""
+    if name == LABEL:
+        labels = [prediction.label for prediction in predictions]
+        if _label_datatype(classifier) == BYTES:
+            return bytes_tensor(LABEL, [str(label) for label in labels])
+        return Tensor(LABEL, "INT64", np.asarray(labels, dtype=np.int64))
+    keys = classifier.class_keys
+    scores = np.asarray(
+        [[prediction.scores[key] for key in keys] for prediction in predictions], dtype=np.float32
+    )
+    if count is not None:
+        return Tensor(SCORES, BYTES, classify(scores, count, keys))
+    return Tensor(SCORES, "FP32", scores)
+
+
+def _label_datatype(classifier: Classifier) -> str:
+    """INT64 for integer classes (the digits), BYTES for an operator's model with string ones."""
+    integers = all(type(label) is int for label in classifier.classes)
+    return "INT64" if integers else BYTES
+
+
+def describe_model(classifier: Classifier, settings: Settings) -> dict[str, Any]:
+    """The protocol's model metadata, with parameters saying what each tensor means."""
+    n_classes = len(classifier.classes)
+    return {
+        "name": classifier.name,
+        "versions": [classifier.version],
+        "platform": PLATFORM,
+        "inputs": [
+            {
+                "name": IMAGE,
+                "datatype": BYTES,
+                "shape": [-1],
+                "parameters": {
+                    "content": "encoded JPEG or PNG images, one per element, dark digit on a "
+                    f"light background, at least {GRID}x{GRID}; preprocessed like /v1",
+                    "json_encoding": "base64",
+                    "raw_binary": "a body sent with Inference-Header-Content-Length: 0 is one "
+                    "encoded image",
+                    "max_image_pixels": settings.max_image_pixels,
+                },
+            },
+            {
+                "name": PIXELS,
+                "datatype": "INT64",
+                "shape": [-1, N_FEATURES],
+                "parameters": {
+                    "content": f"the {GRID}x{GRID} grid read row by row, 0 = white paper, "
+                    f"{LEVELS} = solid ink",
+                    "shapes": f"[-1, {N_FEATURES}] or [-1, {GRID}, {GRID}]",
+                    "datatypes": ", ".join(PIXEL_DATATYPES),
+                    "range": f"0..{LEVELS}",
+                },
+            },
+        ],
+        "outputs": [
+            {
+                "name": LABEL,
+                "datatype": _label_datatype(classifier),
+                "shape": [-1],
+                "parameters": {"content": "the class from the model's predict()"},
+            },
+            {
+                "name": SCORES,
+                "datatype": "FP32",
+                "shape": [-1, n_classes],
+                "parameters": {
+                    "content": "calibrated probabilities (rows sum to 1)"
+                    if classifier.score_kind == "probabilities"
+                    else "decision scores (raw decision function, not probabilities)",
+                    "scores": classifier.score_kind,
+                    "classes": ",".join(classifier.class_keys),
+                    "classification": "parameters.classification = k returns the top k as "
+                    "BYTES 'score:index:label'",
+                },
+            },
+        ],
+        "parameters": {
+            "scores": classifier.score_kind,
+            "sha256": classifier.sha256,
+            "max_images_per_request": settings.max_images_per_request,
+        },
+    }
