@@ -180,9 +180,9 @@ class InferenceRequestInput(BaseModel):
 
     model_config = _STRICT
 
-    name: str = Field(examples=["pixels"])
-    shape: list[Annotated[int, Field(ge=0)]] = Field(examples=[[1, 64]])
-    datatype: Datatype = Field(examples=["INT64"])
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: Datatype
     parameters: Parameters | None = Field(
         default=None, description="`binary_data_size`: bytes of this tensor after the JSON header."
     )
@@ -197,7 +197,7 @@ class InferenceRequestOutput(BaseModel):
 
     model_config = _STRICT
 
-    name: str = Field(examples=["probabilities"])
+    name: str
     parameters: Parameters | None = Field(
         default=None,
         description="`binary_data` (bool): return it as binary; `classification` (int k): "
