@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 Include = Literal["pixels"]
 
@@ -171,6 +171,25 @@ Datatype = Literal[
 Parameters = dict[str, str | int | float | bool]
 """Protocol parameters: string, number or boolean values only."""
 
+TensorData = Annotated[
+    list[Any],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    {"type": "number"},
+                    {"type": "string"},
+                    {"type": "boolean"},
+                    {"type": "array", "description": "a nested row (row-major)"},
+                ]
+            },
+        }
+    ),
+]
+"""Tensor elements, flat or nested. Elements are checked against the datatype when decoded, so
+the (deep) recursion of the protocol's schema is documented one level deep only."""
+
 _STRICT = ConfigDict(strict=True)
 """Requests are read by hand and validated strictly: the documented schema is the enforced one."""
 
@@ -186,7 +205,7 @@ class InferenceRequestInput(BaseModel):
     parameters: Parameters | None = Field(
         default=None, description="`binary_data_size`: bytes of this tensor after the JSON header."
     )
-    data: list[Any] | None = Field(
+    data: TensorData | None = Field(
         default=None,
         description="Row-major elements, flat or nested; BYTES elements of `image` are base64.",
     )
@@ -245,7 +264,7 @@ class InferenceResponseOutput(BaseModel):
     shape: list[int]
     datatype: Datatype
     parameters: Parameters | None = None
-    data: list[Any] | None = None
+    data: TensorData | None = None
 
 
 class InferenceResponse(BaseModel):

@@ -102,6 +102,9 @@ def test_server_metadata(client: TestClient) -> None:
         "extensions": ["binary_tensor_data", "classification"],
     }
     ServerMetadataV2.model_validate(response.json())
+    # KServe's OpenAPI lists it at /v2/: answered there too, not redirected.
+    slash = client.get("/v2/", follow_redirects=False)
+    assert (slash.status_code, slash.json()) == (200, response.json())
 
 
 def test_live_and_ready(client: TestClient) -> None:
@@ -853,6 +856,13 @@ def test_openapi_documents_the_v2_routes(app: FastAPI, client: TestClient) -> No
         "minimum": 0,
     }
     assert schemas["ModelMetadataV2"]["required"] == ["name", "platform", "inputs", "outputs"]
+    data = schemas["InferenceRequestInput"]["properties"]["data"]["anyOf"][0]
+    assert [item["type"] for item in data["items"]["anyOf"]] == [
+        "number",
+        "string",
+        "boolean",
+        "array",
+    ]
     assert paths["/v2/health/ready"]["get"]["responses"]["200"]["content"]["application/json"][
         "schema"
     ] == {"$ref": "#/components/schemas/ServerReady"}

@@ -137,6 +137,7 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("", response_model=ServerMetadataV2, summary="Server metadata")
+@router.get("/", response_model=ServerMetadataV2, include_in_schema=False)
 async def server_metadata() -> ServerMetadataV2:
     """Name the server, its version and the protocol extensions it implements."""
     return ServerMetadataV2(name="digitserve", version=__version__, extensions=EXTENSIONS)
