@@ -3,6 +3,7 @@
 import base64
 import csv
 import io
+import os
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 import pytest
@@ -38,8 +40,14 @@ def free_port() -> int:
         return port
 
 
-def start_server(*args: str) -> LiveServer:
-    """Start the CLI's server and wait until /readyz says it is ready."""
+def start_server(
+    *args: str, env: dict[str, str] | None = None, output: IO[bytes] | None = None
+) -> LiveServer:
+    """Start the CLI's server and wait until /readyz says it is ready.
+
+    `env` adds DIGITSERVE_* variables; `output` takes its log instead of a pipe (a pipe nobody
+    reads fills up after a few hundred log lines and stalls the server).
+    """
     port = free_port()
     process = subprocess.Popen(
         [
@@ -53,14 +61,16 @@ def start_server(*args: str) -> LiveServer:
             str(MODEL_PATH),
             *args,
         ],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if output is None else output,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited early: {process.stdout.read()!r}")  # type: ignore[union-attr]
+            log = process.stdout.read() if process.stdout else b"(see the output file)"
+            raise RuntimeError(f"server exited early: {log!r}")
         try:
             if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return LiveServer(process, url)

@@ -26,7 +26,7 @@ FIELDS_ATTRIBUTE = "fields"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request id, then any fields."""
+    """One JSON object per line: time, level, logger, message, request id, worker pid, fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Render a record; a traceback goes in one `exception` string, never across lines."""
@@ -36,6 +36,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": REQUEST_ID.get(),
+            "pid": record.process,
         }
         fields = getattr(record, FIELDS_ATTRIBUTE, None)
         if fields:

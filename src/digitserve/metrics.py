@@ -9,7 +9,14 @@ import os
 from collections.abc import Iterable
 
 import sklearn
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -44,6 +51,9 @@ class Metrics:
     """
 
     def __init__(self) -> None:
+        # `_created` series would double every scrape for no use here, and multiprocess mode
+        # never exports them: without them, one worker and several scrape alike.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.requests = Counter(

@@ -23,6 +23,11 @@ from digitserve.settings import Settings
 
 logger = logging.getLogger("digitserve")
 
+WORKER_START_SECONDS = 60
+"""How long uvicorn's supervisor waits for a worker to answer its health ping before replacing it.
+uvicorn's 5 s is too short for a worker that imports scikit-learn on a busy machine: it kills and
+restarts workers that are only slow to start, over and over."""
+
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering 408 when a request's headers take too long.
@@ -111,6 +116,7 @@ def serve(settings: Settings, classifier: Classifier) -> None:
         # The service writes its own access log (JSON, with request ids); uvicorn's is off.
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
+        "timeout_worker_healthcheck": WORKER_START_SECONDS,
         "server_header": False,
     }
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found; with a no-op
