@@ -101,8 +101,8 @@ def scenario() -> dict[str, Any]:
             "error": error,
         }
     finally:
-        serve.shutdown()
-        ray.shutdown()  # type: ignore[no-untyped-call]
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
