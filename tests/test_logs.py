@@ -59,10 +59,20 @@ def test_json_traceback_stays_on_one_line() -> None:
 def test_text_line_for_people() -> None:
     token = REQUEST_ID.set("req-1")
     try:
-        line = TextFormatter().format(record("GET /x %d", 200, status=200, code=None))
+        line = TextFormatter().format(
+            record("GET /x %d", 200, status=200, route="/x", code=None, images=1)
+        )
     finally:
         REQUEST_ID.reset(token)
-    assert line.split()[1:] == ["WARNING", "GET", "/x", "200", "request_id=req-1", "status=200"]
+    assert line.split()[1:] == [
+        "WARNING",
+        "GET",
+        "/x",
+        "200",
+        "request_id=req-1",
+        "route=/x",
+        "images=1",
+    ]
 
 
 class Stream(io.StringIO):

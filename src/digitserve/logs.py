@@ -21,6 +21,9 @@ ACCESS_LOGGER = "digitserve.access"
 REQUEST_ID: ContextVar[str | None] = ContextVar("digitserve_request_id", default=None)
 """The id of the request being handled in this context (a task per request under uvicorn)."""
 
+TEXT_SKIPS = frozenset({"method", "path", "status", "duration_ms"})
+"""Fields a text line leaves out: the access message already says them."""
+
 FIELDS_ATTRIBUTE = "fields"
 """Structured fields ride on the record under this name: `log.info(msg, extra={"fields": {}})`."""
 
@@ -61,7 +64,11 @@ class TextFormatter(logging.Formatter):
             parts.append(f"request_id={request_id}")
         fields = getattr(record, FIELDS_ATTRIBUTE, None)
         if fields:
-            parts.extend(f"{key}={value}" for key, value in fields.items() if value is not None)
+            parts.extend(
+                f"{key}={value}"
+                for key, value in fields.items()
+                if value is not None and key not in TEXT_SKIPS
+            )
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
