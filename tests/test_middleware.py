@@ -129,10 +129,10 @@ def test_over_the_bound_is_503_overloaded_with_retry_after(classifier: Classifie
         "type": "/v1/errors#overloaded",
         "title": "Server overloaded",
         "status": 503,
-        "detail": "1 requests are in flight on this worker; retry shortly",
+        "detail": "this worker is at its limit of 1 requests in flight; retry",
         "code": "overloaded",
         "request_id": "r-2",
-        "error": "1 requests are in flight on this worker; retry shortly",
+        "error": "this worker is at its limit of 1 requests in flight; retry",
         "limit": 1,
     }
     assert probe.status == 200  # probes are never refused for load

@@ -68,6 +68,7 @@ def create_app(
         app.state.metrics.describe_model(
             app.state.classifier.name, app.state.classifier.version, app.state.classifier.sha256
         )
+        app.state.draining = False
         restore_sigterm = (
             drain_on_sigterm(_start_draining(app), settings.shutdown_delay_seconds)
             if handle_sigterm

@@ -56,6 +56,8 @@ class TrafficMiddleware:
         self.timeout = settings.request_timeout_seconds
         self.access_log = settings.access_log
         self.in_flight = 0
+        self.overloaded = f"this worker is at its limit of {self.limit} requests in flight; retry"
+        self.timed_out = f"the request was not received and answered within {self.timeout:g} s"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Guard, time and record one HTTP request; pass anything else through."""
@@ -80,7 +82,7 @@ class TrafficMiddleware:
         if not operations and self.in_flight >= self.limit:
             await self._refuse(
                 Overloaded(
-                    f"{self.limit} requests are in flight on this worker; retry shortly",
+                    self.overloaded,
                     headers={"Retry-After": RETRY_AFTER_SECONDS},
                     limit=self.limit,
                 ),
@@ -102,7 +104,7 @@ class TrafficMiddleware:
                 raise
             await self._refuse(
                 RequestTimeout(
-                    f"the request was not received and answered within {self.timeout:g} s",
+                    self.timed_out,
                     headers={"Connection": "close"},
                     limit_seconds=self.timeout,
                 ),
