@@ -64,6 +64,7 @@ def start_server(
         stdout=subprocess.PIPE if output is None else output,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group: a failed start kills workers too
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -74,9 +75,9 @@ def start_server(
         try:
             if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return LiveServer(process, url)
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused, or accepted before a worker is up
             time.sleep(0.1)
-    process.kill()
+    os.killpg(process.pid, signal.SIGKILL)
     raise RuntimeError("server did not become ready in 60 s")
 
 

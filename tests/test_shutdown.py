@@ -194,7 +194,7 @@ def test_no_accepted_request_is_lost_on_sigterm_under_load(workers: str, tmp_pat
         finally:
             stop.set()
             if server.process.poll() is None:
-                server.process.kill()
+                os.killpg(server.process.pid, signal.SIGKILL)
             if server.process.stdout:
                 server.process.stdout.close()
 
