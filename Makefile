@@ -25,7 +25,7 @@ test: lint typecheck pytest  ## every check CI runs
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/hadolint Dockerfile deploy/ray/Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,11 +1,13 @@
 """A real `digitserve serve` process on a free port, for the tests that talk to it over a socket."""
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import IO
 
 import requests
 
@@ -28,8 +30,14 @@ def free_port() -> int:
         return port
 
 
-def start_server(*args: str) -> LiveServer:
-    """Start the CLI's server and wait until /readyz says it is ready."""
+def start_server(
+    *args: str, env: dict[str, str] | None = None, output: IO[bytes] | None = None
+) -> LiveServer:
+    """Start the CLI's server and wait until /readyz says it is ready.
+
+    `env` adds DIGITSERVE_* variables; `output` takes its log instead of a pipe (a pipe nobody
+    reads fills up after a few hundred log lines and stalls the server).
+    """
     port = free_port()
     process = subprocess.Popen(
         [
@@ -43,20 +51,23 @@ def start_server(*args: str) -> LiveServer:
             str(MODEL_PATH),
             *args,
         ],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if output is None else output,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # its own process group: a failed start kills workers too
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited early: {process.stdout.read()!r}")  # type: ignore[union-attr]
+            log = process.stdout.read() if process.stdout else b"(see the output file)"
+            raise RuntimeError(f"server exited early: {log!r}")
         try:
             if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return LiveServer(process, url)
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused, or accepted before a worker is up
             time.sleep(0.1)
-    process.kill()
+    os.killpg(process.pid, signal.SIGKILL)
     raise RuntimeError("server did not become ready in 60 s")
 
 

@@ -4,7 +4,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,9 +29,13 @@ from digitserve.errors import (
     RouteNotFound,
     problem,
 )
-from digitserve.routes import health, v1, v2
+from digitserve.logs import REQUEST_ID
+from digitserve.metrics import Metrics
+from digitserve.middleware import ERROR_CODE_KEY, TrafficMiddleware
+from digitserve.routes import health, metrics, v1, v2
 from digitserve.schemas import REQUEST_SCHEMAS
 from digitserve.settings import Settings
+from digitserve.shutdown import drain_on_sigterm
 
 logger = logging.getLogger("digitserve")
 
@@ -47,13 +51,28 @@ and its input contract; every error is an RFC 9457 problem document whose `code`
 """
 
 
-def create_app(settings: Settings, classifier: Classifier | None = None) -> FastAPI:
-    """Build the service; the model is loaded in the lifespan unless one is handed in."""
+def create_app(
+    settings: Settings, classifier: Classifier | None = None, *, handle_sigterm: bool = False
+) -> FastAPI:
+    """Build the service; the model is loaded in the lifespan unless one is handed in.
+
+    `handle_sigterm` (for the process that runs the server, not for tests or Ray) drains on
+    SIGTERM: see `digitserve.shutdown`.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.classifier = classifier or load_classifier(
             settings.model_path, settings.model_name
+        )
+        app.state.metrics.describe_model(
+            app.state.classifier.name, app.state.classifier.version, app.state.classifier.sha256
+        )
+        app.state.draining = False
+        restore_sigterm = (
+            drain_on_sigterm(_start_draining(app), settings.shutdown_delay_seconds)
+            if handle_sigterm
+            else lambda: None
         )
         app.state.ready = True
         logger.info(
@@ -63,6 +82,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None) -> Fast
             app.state.classifier.sha256[:12],
         )
         yield
+        restore_sigterm()
         app.state.ready = False
 
     app = FastAPIOffline(
@@ -76,23 +96,38 @@ def create_app(settings: Settings, classifier: Classifier | None = None) -> Fast
     app.state.settings = settings
     app.state.classifier = None
     app.state.ready = False
+    app.state.draining = False
+    app.state.metrics = Metrics()
 
     app.include_router(health.router)
     app.include_router(v1.router)
     app.include_router(v2.router)
+    app.include_router(metrics.router)
     app.add_api_route("/", v1.index, methods=["GET"], include_in_schema=False)
 
     app.add_exception_handler(DigitserveError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(
+        TrafficMiddleware, settings=settings, metrics=app.state.metrics, state=app.state
+    )
     app.add_middleware(RequestContextMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
+def _start_draining(app: FastAPI) -> Callable[[], None]:
+    """What SIGTERM does first: /readyz turns 503 while requests are still served."""
+
+    def start() -> None:
+        app.state.draining = True
+
+    return start
+
+
 def app_from_environment() -> FastAPI:
     """Build the app in a `uvicorn --factory` worker, from DIGITSERVE_* variables."""
-    return create_app(Settings())
+    return create_app(Settings(), handle_sigterm=True)
 
 
 def settings_to_environment(settings: Settings) -> dict[str, str]:
@@ -131,6 +166,7 @@ class RequestContextMiddleware:
         if not _SAFE_REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        REQUEST_ID.set(request_id)
         header = (b"x-request-id", request_id.encode("latin-1"))
         started = False
 
@@ -159,6 +195,7 @@ class RequestContextMiddleware:
 def _problem_response(request: Request, error: DigitserveError) -> Response:
     """Render any error in the one envelope."""
     request_id = getattr(request.state, "request_id", None)
+    setattr(request.state, ERROR_CODE_KEY, error.code)
     return Response(
         orjson.dumps(problem(error, request_id)),
         status_code=error.status,

@@ -2,8 +2,10 @@
 
 import argparse
 import json
-import signal
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,33 +91,29 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client reads it when first imported: set it before anything imports the app."""
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Load and check the model before the port opens, then serve until SIGINT or SIGTERM."""
-    import uvicorn
-
-    from digitserve.app import create_app, export_settings
     from digitserve.classifier import load_classifier
 
     settings = _settings(args)
     classifier = load_classifier(settings.model_path, settings.model_name)
-    options: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "access_log": settings.access_log,
-        "timeout_graceful_shutdown": 30,
-        "server_header": False,
-    }
-    # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found; with a no-op
-    # handler there the process exits 0 after a clean stop, as orchestrators expect.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    if settings.workers == 1:
-        uvicorn.run(create_app(settings, classifier), **options)
-    else:
-        export_settings(settings)
-        uvicorn.run(
-            "digitserve.app:app_from_environment", factory=True, workers=settings.workers, **options
-        )
+    metrics_dir = None
+    if settings.workers > 1 and not os.environ.get(METRICS_DIR_VARIABLE):
+        # Workers add up their metrics through files; a fresh directory (under $TMPDIR, so a
+        # read-only root filesystem with a writable /tmp is enough) holds no stale counts.
+        metrics_dir = tempfile.mkdtemp(prefix="digitserve-metrics-")
+        os.environ[METRICS_DIR_VARIABLE] = metrics_dir
+    from digitserve.server import serve
+
+    try:
+        serve(settings, classifier)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

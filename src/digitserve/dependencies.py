@@ -6,6 +6,7 @@ from fastapi import Depends, Request
 
 from digitserve.classifier import Classifier
 from digitserve.errors import ModelNotReady
+from digitserve.metrics import Metrics
 from digitserve.settings import Settings
 
 
@@ -23,5 +24,12 @@ def get_classifier(request: Request) -> Classifier:
     return classifier
 
 
+def get_metrics(request: Request) -> Metrics:
+    """The app's own metrics."""
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -10,6 +10,7 @@ The hierarchy (HTTP status in brackets; `code` is the stable machine name client
     │   ├── ModelNotFound        model_not_found     no model of that name
     │   └── RouteNotFound        not_found           no such path
     ├── MethodNotAllowed [405]   method_not_allowed
+    ├── RequestTimeout [408]     request_timeout     not answered within `request_timeout_seconds`
     ├── PayloadTooLarge [413]
     │   ├── BodyTooLarge         body_too_large      over `max_body_bytes`, refused before reading
     │   ├── ImageTooLarge        image_too_large     over `max_image_pixels`, read from the header
@@ -20,6 +21,7 @@ The hierarchy (HTTP status in brackets; `code` is the stable machine name client
     │   ├── ImageTooSmall        image_too_small     smaller than 8x8 pixels
     │   └── BlankImage           blank_image         no ink at all
     ├── ModelNotReady [503]      model_not_ready
+    ├── Overloaded [503]         overloaded          at `max_concurrent_requests`; Retry-After
     └── InternalError [500]      internal_error      never shows internals
 
 `ModelLoadError` is not an HTTP error: it stops the service from starting.
@@ -162,6 +164,22 @@ class ModelNotReady(DigitserveError):
     status = 503
     code = "model_not_ready"
     title = "Model not ready"
+
+
+class RequestTimeout(DigitserveError):
+    """The request was not received and answered in time (a slow or stalled upload, say)."""
+
+    status = 408
+    code = "request_timeout"
+    title = "Request timeout"
+
+
+class Overloaded(DigitserveError):
+    """The worker is at its bound of requests in flight; retry after the `Retry-After` seconds."""
+
+    status = 503
+    code = "overloaded"
+    title = "Server overloaded"
 
 
 class InternalError(DigitserveError):

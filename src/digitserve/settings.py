@@ -1,6 +1,7 @@
 """Service settings: one class, read from `DIGITSERVE_*` environment variables and CLI flags."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,22 @@ class Settings(BaseSettings):
 
     log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
     """Log level of the server."""
+
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """`json` (an object per line), `text`, or `auto`: text when stderr is a terminal, else JSON."""
+
+    max_concurrent_requests: int = Field(64, ge=1)
+    """Requests one worker handles at once; beyond it, 503 `overloaded` with Retry-After."""
+
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    """Time limit for one request, body upload included; beyond it, 408 `request_timeout`."""
+
+    shutdown_delay_seconds: float = Field(0.0, ge=0)
+    """After SIGTERM, keep serving this long with /readyz at 503, so load balancers stop routing
+    here before the listener closes (set it to a few seconds on Kubernetes)."""
+
+    shutdown_timeout_seconds: float = Field(30.0, gt=0)
+    """Grace period for in-flight requests once the listener has closed; then they are cancelled."""
 
     @field_validator("model_path")
     @classmethod

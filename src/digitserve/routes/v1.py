@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -12,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dependencies import ClassifierDep, SettingsDep
+from digitserve.dependencies import ClassifierDep, MetricsDep, SettingsDep
 from digitserve.errors import (
     PROBLEM_MEDIA_TYPE,
     DigitserveError,
@@ -23,13 +24,16 @@ from digitserve.errors import (
     UnsupportedMediaType,
     catalogue,
 )
+from digitserve.metrics import Metrics
+from digitserve.middleware import BODY_BYTES_KEY, IMAGES_KEY
 from digitserve.preprocessing import (
     ACCEPTED_MEDIA_TYPES,
     GRID,
     LEVELS,
     Features,
-    image_to_features,
+    decode_image,
     pixels_to_features,
+    to_features,
 )
 from digitserve.routes.bodies import media_type_of, parse_multipart, read_body
 from digitserve.schemas import (
@@ -222,6 +226,7 @@ async def predict(
     model_name: str,
     classifier: ClassifierDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     include: Annotated[
         list[Include] | None,
         Query(description="`pixels` adds the 8x8 grid the model saw to each prediction."),
@@ -237,10 +242,17 @@ async def predict(
             accepted=list(REQUEST_MEDIA_TYPES),
         )
     body = await read_body(request, settings.max_body_bytes)
-    decode = _request_decoder(media_type, options, body, settings)
+    state = request.state
+    setattr(state, BODY_BYTES_KEY, len(body))
+    decode = _request_decoder(media_type, options, body, settings, metrics)
     features = await run_in_threadpool(decode) if len(body) > OFFLOAD_BYTES else decode()
+    setattr(state, IMAGES_KEY, len(features))
     batch = np.stack(features)
+    started = time.perf_counter()
     predictions = classifier.predict(batch)
+    metrics.observe_predictions(
+        (prediction.label for prediction in predictions), time.perf_counter() - started, len(batch)
+    )
     content = {
         "model": {
             "name": classifier.name,
@@ -276,23 +288,23 @@ def _prediction_body(
 
 
 def _request_decoder(
-    media_type: str, options: dict[bytes, bytes], body: bytes, settings: Settings
+    media_type: str, options: dict[bytes, bytes], body: bytes, settings: Settings, metrics: Metrics
 ) -> Callable[[], list[Features]]:
     """Pick how to turn this body into feature rows; the returned call does the CPU work."""
     max_pixels = settings.max_image_pixels
     limit = settings.max_images_per_request
     if media_type in ACCEPTED_MEDIA_TYPES:
-        return lambda: [image_to_features(body, max_pixels=max_pixels)]
+        return lambda: [_image_features(body, max_pixels, metrics)]
     if media_type == "multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
             raise InvalidInput("multipart/form-data needs a boundary parameter in Content-Type")
-        return lambda: _multipart_features(body, boundary, max_pixels, limit)
-    return lambda: _json_features(body, max_pixels, limit)
+        return lambda: _multipart_features(body, boundary, max_pixels, limit, metrics)
+    return lambda: _json_features(body, max_pixels, limit, metrics)
 
 
 def _multipart_features(
-    body: bytes, boundary: bytes, max_pixels: int, limit: int
+    body: bytes, boundary: bytes, max_pixels: int, limit: int, metrics: Metrics
 ) -> list[Features]:
     """Features of every `image` part, in order."""
     parts = parse_multipart(body, boundary, max_parts=limit)
@@ -305,12 +317,12 @@ def _multipart_features(
     if not parts:
         raise InvalidInput(f"the form has no {MULTIPART_FIELD!r} file part")
     return [
-        _itemised(index, part.filename, _image_features, bytes(part.data), max_pixels)
+        _itemised(index, part.filename, _image_features, bytes(part.data), max_pixels, metrics)
         for index, part in enumerate(parts)
     ]
 
 
-def _json_features(body: bytes, max_pixels: int, limit: int) -> list[Features]:
+def _json_features(body: bytes, max_pixels: int, limit: int, metrics: Metrics) -> list[Features]:
     """Features of every JSON instance, in order."""
     try:
         document = orjson.loads(body)
@@ -326,12 +338,12 @@ def _json_features(body: bytes, max_pixels: int, limit: int) -> list[Features]:
             f"{len(instances)} instances in one request; the limit is {limit}", limit=limit
         )
     return [
-        _itemised(index, None, _instance_features, item, max_pixels)
+        _itemised(index, None, _instance_features, item, max_pixels, metrics)
         for index, item in enumerate(instances)
     ]
 
 
-def _instance_features(instance: object, max_pixels: int) -> Features:
+def _instance_features(instance: object, max_pixels: int, metrics: Metrics) -> Features:
     """One JSON instance: {"b64": image} or ready-made pixels."""
     if isinstance(instance, dict):
         if set(instance) != {"b64"} or not isinstance(instance["b64"], str):
@@ -340,25 +352,33 @@ def _instance_features(instance: object, max_pixels: int) -> Features:
             data = base64.b64decode(instance["b64"], validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput("b64 is not valid base64") from exc
-        return image_to_features(data, max_pixels=max_pixels)
+        return _image_features(data, max_pixels, metrics)
     return pixels_to_features(instance)
 
 
-def _image_features(data: bytes, max_pixels: int) -> Features:
-    """One encoded image's features."""
-    return image_to_features(data, max_pixels=max_pixels)
+def _image_features(data: bytes, max_pixels: int, metrics: Metrics) -> Features:
+    """One encoded image's features, recording its size and the decode and preprocess times."""
+    metrics.image_bytes.observe(len(data))
+    started = time.perf_counter()
+    image = decode_image(data, max_pixels=max_pixels)
+    decoded = time.perf_counter()
+    features = to_features(image)
+    metrics.decode_seconds.observe(decoded - started)
+    metrics.preprocess_seconds.observe(time.perf_counter() - decoded)
+    return features
 
 
 def _itemised(
     index: int,
     filename: str | None,
-    work: Callable[[Item, int], Features],
+    work: Callable[[Item, int, Metrics], Features],
     item: Item,
     max_pixels: int,
+    metrics: Metrics,
 ) -> Features:
     """Run one item's preprocessing, naming the item in any error it raises."""
     try:
-        return work(item, max_pixels)
+        return work(item, max_pixels, metrics)
     except DigitserveError as exc:
         where = f"item {index}" + (f" ({filename})" if filename else "")
         raise type(exc)(f"{where}: {exc.detail}", headers=exc.headers, **exc.extra) from exc

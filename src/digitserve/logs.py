@@ -1,0 +1,116 @@
+"""Logging: one JSON object per line for machines, a readable line in a terminal.
+
+Every record carries the id of the request it was logged in (`REQUEST_ID`, set per request), so an
+access line, an error and its traceback can be joined. The access log itself (one line per request)
+is written by the traffic middleware on the `digitserve.access` logger; uvicorn's own is turned off.
+"""
+
+import logging
+import sys
+import time
+from contextvars import ContextVar
+from typing import Any, Literal
+
+import orjson
+
+LogFormat = Literal["auto", "json", "text"]
+
+ACCESS_LOGGER = "digitserve.access"
+"""The logger of the one-line-per-request access log."""
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("digitserve_request_id", default=None)
+"""The id of the request being handled in this context (a task per request under uvicorn)."""
+
+TEXT_SKIPS = frozenset({"method", "path", "status", "duration_ms"})
+"""Fields a text line leaves out: the access message already says them."""
+
+FIELDS_ATTRIBUTE = "fields"
+"""Structured fields ride on the record under this name: `log.info(msg, extra={"fields": {}})`."""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, worker pid, fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render a record; a traceback goes in one `exception` string, never across lines."""
+        document: dict[str, Any] = {
+            "time": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": REQUEST_ID.get(),
+            "pid": record.process,
+        }
+        fields = getattr(record, FIELDS_ATTRIBUTE, None)
+        if fields:
+            document.update(fields)
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(document, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """A line a person reads: time, level, message, then the fields as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render a record for a terminal."""
+        parts = [
+            time.strftime("%H:%M:%S", time.localtime(record.created)),
+            f"{record.levelname:<7}",
+            record.getMessage(),
+        ]
+        request_id = REQUEST_ID.get()
+        if request_id:
+            parts.append(f"request_id={request_id}")
+        fields = getattr(record, FIELDS_ATTRIBUTE, None)
+        if fields:
+            parts.extend(
+                f"{key}={value}"
+                for key, value in fields.items()
+                if value is not None and key not in TEXT_SKIPS
+            )
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _timestamp(created: float) -> str:
+    """RFC 3339 UTC time with milliseconds."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{whole}.{int(created % 1 * 1000):03d}Z"
+
+
+def resolve_format(log_format: LogFormat, stream: Any = None) -> Literal["json", "text"]:
+    """`auto` is text when the stream is a terminal, JSON otherwise (containers, files, pipes)."""
+    if log_format != "auto":
+        return log_format
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
+
+
+def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
+    """A `logging.config.dictConfig` for digitserve and uvicorn, to hand to uvicorn's `log_config`.
+
+    uvicorn applies it in every worker process, so each writes the same format to stderr.
+    """
+    formatter = JsonFormatter if resolve_format(log_format) == "json" else TextFormatter
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "default",
+        "stream": "ext://sys.stderr",
+    }
+    logger = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "handlers": {"default": handler},
+        "loggers": {
+            "digitserve": logger,
+            "uvicorn": logger,
+            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.access": {"handlers": [], "propagate": False},
+        },
+    }

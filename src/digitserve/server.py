@@ -1,0 +1,131 @@
+"""Running the app under uvicorn: workers, logging, shutdown, and a deadline for request headers.
+
+The app itself bounds a request once its headers have arrived (`TrafficMiddleware`). Before that
+uvicorn has no deadline at all: a client that opens a connection and sends half a request line
+holds the socket forever. `HeaderDeadlineProtocol` gives each request's headers the same limit.
+"""
+
+import asyncio
+import functools
+import logging
+import signal
+import uuid
+from typing import Any
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from digitserve.classifier import Classifier
+from digitserve.errors import PROBLEM_MEDIA_TYPE, RequestTimeout, problem
+from digitserve.logs import logging_config
+from digitserve.settings import Settings
+
+logger = logging.getLogger("digitserve")
+
+WORKER_START_SECONDS = 60
+"""How long uvicorn's supervisor waits for a worker to answer its health ping before replacing it.
+uvicorn's 5 s is too short for a worker that imports scikit-learn on a busy machine: it kills and
+restarts workers that are only slow to start, over and over."""
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering 408 when a request's headers take too long.
+
+    The clock starts when the connection opens and again when a request's first byte arrives on a
+    kept-alive connection (uvicorn's own keep-alive timeout covers the idle time in between).
+    """
+
+    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the clock for the first request's headers."""
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        """Start the clock for a request on a kept-alive connection."""
+        super().on_message_begin()
+        if self.header_deadline is None:
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        """Stop the clock: from here the app's own time limit applies."""
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the clock with the connection."""
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self.header_deadline = self.loop.call_later(self.header_timeout, self._headers_timed_out)
+
+    def _disarm(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _headers_timed_out(self) -> None:
+        """Answer 408 in the error envelope and close, unless a response is under way."""
+        self.header_deadline = None
+        if self.transport.is_closing() or (self.cycle and not self.cycle.response_complete):
+            return
+        request_id = uuid.uuid4().hex
+        error = RequestTimeout(
+            f"the request headers were not received within {self.header_timeout:g} s",
+            limit_seconds=self.header_timeout,
+        )
+        body = orjson.dumps(problem(error, request_id))
+        logger.warning(
+            "request headers not received within %g s; answered 408 and closed",
+            self.header_timeout,
+            extra={"fields": {"client": ":".join(map(str, self.client or ())), "status": 408}},
+        )
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\n"
+            + b"content-type: "
+            + PROBLEM_MEDIA_TYPE.encode()
+            + b"\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\nconnection: close\r\nx-request-id: "
+            + request_id.encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        self.transport.close()
+
+
+def serve(settings: Settings, classifier: Classifier) -> None:
+    """Serve until SIGINT or SIGTERM, in one process or in `settings.workers` worker processes."""
+    from digitserve.app import create_app, export_settings
+
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "http": functools.partial(
+            HeaderDeadlineProtocol, header_timeout=settings.request_timeout_seconds
+        ),
+        "log_level": settings.log_level,
+        "log_config": logging_config(settings.log_level, settings.log_format),
+        # The service writes its own access log (JSON, with request ids); uvicorn's is off.
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
+        "timeout_worker_healthcheck": WORKER_START_SECONDS,
+        "server_header": False,
+    }
+    # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found; with a no-op
+    # handler there the process exits 0 after a clean stop, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, classifier, handle_sigterm=True), **options)
+    else:
+        export_settings(settings)
+        uvicorn.run(
+            "digitserve.app:app_from_environment", factory=True, workers=settings.workers, **options
+        )
