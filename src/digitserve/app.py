@@ -29,7 +29,7 @@ from digitserve.errors import (
     RouteNotFound,
     problem,
 )
-from digitserve.routes import health, v1
+from digitserve.routes import health, page, v1
 from digitserve.schemas import REQUEST_SCHEMAS
 from digitserve.settings import Settings
 
@@ -79,7 +79,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None) -> Fast
 
     app.include_router(health.router)
     app.include_router(v1.router)
-    app.add_api_route("/", v1.index, methods=["GET"], include_in_schema=False)
+    app.include_router(page.page_router())
 
     app.add_exception_handler(DigitserveError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
