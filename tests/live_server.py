@@ -1,10 +1,12 @@
 """The real server as a process on a free port, shared by the integration and browser tests."""
 
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import requests
@@ -28,8 +30,8 @@ def free_port() -> int:
         return port
 
 
-def start_server(*args: str) -> LiveServer:
-    """Start the CLI's server and wait until /readyz says it is ready."""
+def start_server(*args: str, env: Mapping[str, str] | None = None) -> LiveServer:
+    """Start the CLI's server (with extra environment variables) and wait until it is ready."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -45,6 +47,7 @@ def start_server(*args: str) -> LiveServer:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

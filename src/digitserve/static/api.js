@@ -5,7 +5,7 @@ const HEADLINES = {
   400: "That image could not be read",
   404: "Not found",
   405: "That request is not allowed",
-  413: "That is too large",
+  413: "That image is too large",
   415: "That kind of file is not accepted",
   422: "No digit could be found in that image",
   503: "The model is not ready yet; try again in a moment",
