@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install serve test lint typecheck pytest train lock clean
+.PHONY: install sysdeps serve test lint typecheck pytest train lock clean
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "digitserve needs Python 3.11 or newer")'
@@ -20,7 +20,19 @@ install: $(STAMP)  ## create .venv with the pinned dependencies
 serve: $(STAMP)  ## run the service with the bundled model (extra flags: make serve ARGS="--port 9000")
 	$(BIN)/digitserve serve $(ARGS)
 
-test: lint typecheck pytest  ## every check CI runs
+# Debian packages the tests drive (command:package): Chromium for the web page (Playwright cannot
+# download its own browser here), wrk for the benchmark smoke run, unshare and ip for the Ray test.
+SYSTEM_COMMANDS := chromium:chromium chromedriver:chromium-driver wrk:wrk ip:iproute2 unshare:util-linux
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+sysdeps:  ## install the Debian packages the tests need, if any is missing
+	@missing=""; for pair in $(SYSTEM_COMMANDS); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+test: sysdeps lint typecheck pytest  ## every check CI runs
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

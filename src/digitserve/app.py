@@ -32,7 +32,7 @@ from digitserve.errors import (
 from digitserve.logs import REQUEST_ID
 from digitserve.metrics import Metrics
 from digitserve.middleware import ERROR_CODE_KEY, TrafficMiddleware
-from digitserve.routes import health, metrics, v1, v2
+from digitserve.routes import health, metrics, page, v1, v2
 from digitserve.schemas import REQUEST_SCHEMAS
 from digitserve.settings import Settings
 from digitserve.shutdown import drain_on_sigterm
@@ -103,7 +103,7 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(metrics.router)
-    app.add_api_route("/", v1.index, methods=["GET"], include_in_schema=False)
+    app.include_router(page.page_router())
 
     app.add_exception_handler(DigitserveError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

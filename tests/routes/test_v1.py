@@ -158,7 +158,9 @@ def test_model_card(client: TestClient) -> None:
 def test_index_and_error_catalogue(client: TestClient) -> None:
     index = client.get("/v1").json()
     assert index["links"]["predict"] == PREDICT
-    assert client.get("/").json() == index
+    page = client.get("/")
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert 'href="v1"' in page.text
     errors = client.get("/v1/errors").json()
     assert {"code": "blank_image", "status": 422}.items() <= {
         **errors[0],
