@@ -96,10 +96,11 @@ def _direct_svc(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor, Predi
     dense_proba = getattr(estimator, "_dense_predict_proba", None)
     if not callable(dense_predict) or not callable(dense_proba):
         return None
-    classes = estimator.classes_
+    classes: NDArray[Any] = np.asarray(estimator.classes_)
 
     def labels(rows: Rows) -> NDArray[Any]:
-        return classes.take(np.asarray(dense_predict(rows), dtype=np.intp))
+        positions: NDArray[np.intp] = np.asarray(dense_predict(rows), dtype=np.intp)
+        return classes.take(positions)
 
     return labels, dense_proba
 
