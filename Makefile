@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install sysdeps serve test lint typecheck pytest train lock clean
+.PHONY: install sysdeps serve test lint typecheck pytest bench train lock clean
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "digitserve needs Python 3.11 or newer")'
@@ -35,8 +35,8 @@ sysdeps:  ## install the Debian packages the tests need, if any is missing
 test: sysdeps lint typecheck pytest  ## every check CI runs
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/hadolint Dockerfile deploy/ray/Dockerfile
 
 typecheck: $(STAMP)
@@ -44,6 +44,9 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+bench: $(STAMP)  ## the full benchmark (minutes; needs wrk): writes bench/results/latest.{json,md}
+	$(BIN)/python -m bench.run $(ARGS)
 
 train: $(STAMP)  ## rebuild model/ and data/ reproducibly
 	$(BIN)/digitserve train

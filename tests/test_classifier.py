@@ -23,6 +23,26 @@ def write_pickle(path: Path, obj: object) -> Path:
     return path
 
 
+def test_bundled_svc_skips_per_call_checks_only_when_answers_match(classifier: Classifier) -> None:
+    assert classifier.direct
+    assert classifier.predict_labels != classifier.estimator.predict
+
+
+def test_svc_subclass_or_sparse_model_uses_the_public_api(tmp_path: Path, split: Split) -> None:
+    import scipy.sparse
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = SVC(gamma=0.001, probability=True, random_state=0)
+        model.fit(scipy.sparse.csr_matrix(split.x_train), split.y_train)
+    loaded = load_classifier(write_pickle(tmp_path / "sparse.pickle", model))
+    assert not loaded.direct
+    assert (
+        loaded.predict(split.x_test[:3].astype(np.int64))[0].label
+        == model.predict(split.x_test[:1])[0]
+    )
+
+
 def test_bundled_model_reports_probabilities(classifier: Classifier) -> None:
     assert classifier.name == "digits"
     assert classifier.version == "1.0.0"
@@ -32,9 +52,11 @@ def test_bundled_model_reports_probabilities(classifier: Classifier) -> None:
 
 
 def test_predictions_agree_with_the_estimator(classifier: Classifier, split: Split) -> None:
-    rows = split.x_test[:50].astype(np.int64)
+    rows = split.x_test.astype(np.int64)
     predictions = classifier.predict(rows)
     assert [p.label for p in predictions] == classifier.estimator.predict(rows).tolist()
+    probabilities = classifier.estimator.predict_proba(rows)
+    assert [list(p.scores.values()) for p in predictions] == probabilities.tolist()
     for prediction in predictions:
         assert sum(prediction.scores.values()) == pytest.approx(1.0)
         assert prediction.confidence == prediction.scores[str(prediction.label)]

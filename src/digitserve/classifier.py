@@ -5,6 +5,7 @@ import json
 import logging
 import pickle
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ import sklearn
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
+from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
 from digitserve.errors import ModelLoadError
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 ScoreKind = Literal["probabilities", "decision_scores"]
 Label = int | str
+Rows = NDArray[np.float64]
+Predictor = Callable[[Rows], NDArray[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,10 @@ class Classifier:
     sha256: str
     classes: tuple[Label, ...]
     score_kind: ScoreKind
+    predict_labels: Predictor = field(repr=False)
+    predict_scores: Predictor = field(repr=False)
+    direct: bool = False
+    """Whether predictions skip scikit-learn's per-call input checks (see `_direct_svc`)."""
     card: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,12 +61,9 @@ class Classifier:
 
     def predict(self, features: NDArray[np.int64]) -> list[Prediction]:
         """Classify a batch of (n, 64) feature rows."""
-        rows = np.asarray(features, dtype=np.float64).reshape(-1, N_FEATURES)
-        labels = self.estimator.predict(rows)
-        if self.score_kind == "probabilities":
-            scores = np.asarray(self.estimator.predict_proba(rows), dtype=np.float64)
-        else:
-            scores = _decision_matrix(np.asarray(self.estimator.decision_function(rows)))
+        rows = np.ascontiguousarray(features, dtype=np.float64).reshape(-1, N_FEATURES)
+        labels = self.predict_labels(rows)
+        scores = np.asarray(self.predict_scores(rows), dtype=np.float64)
         keys = self.class_keys
         index = {label: position for position, label in enumerate(self.classes)}
         predictions = []
@@ -66,6 +71,50 @@ class Classifier:
             confidence = row[index[label]] if self.score_kind == "probabilities" else None
             predictions.append(Prediction(label, confidence, dict(zip(keys, row, strict=True))))
         return predictions
+
+
+def _public_predictors(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor, Predictor]:
+    """Predict through scikit-learn's public API: right for any classifier."""
+    if score_kind == "probabilities":
+        return estimator.predict, estimator.predict_proba
+    return estimator.predict, lambda rows: _decision_matrix(estimator.decision_function(rows))
+
+
+def _direct_svc(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor, Predictor] | None:
+    """For a dense libsvm SVC with probabilities, call libsvm without the per-call input checks.
+
+    In scikit-learn 1.9 those checks (dataframe detection, feature names, finiteness) cost three
+    times the prediction itself for one row. The service already hands over C-contiguous float64
+    (n, 64) rows of 0..16, so they prove nothing here. These are private methods: `load_classifier`
+    uses them only after checking they give exactly the public API's answers.
+    """
+    if type(estimator) is not SVC or score_kind != "probabilities":
+        return None
+    if getattr(estimator, "_sparse", True) or getattr(estimator, "break_ties", True):
+        return None
+    dense_predict = getattr(estimator, "_dense_predict", None)
+    dense_proba = getattr(estimator, "_dense_predict_proba", None)
+    if not callable(dense_predict) or not callable(dense_proba):
+        return None
+    classes: NDArray[Any] = np.asarray(estimator.classes_)
+
+    def labels(rows: Rows) -> NDArray[Any]:
+        positions: NDArray[np.intp] = np.asarray(dense_predict(rows), dtype=np.intp)
+        return classes.take(positions)
+
+    return labels, dense_proba
+
+
+def _same_answers(fast: tuple[Predictor, Predictor], public: tuple[Predictor, Predictor]) -> bool:
+    """Check a fast path against the public API on digit-like rows, at load time."""
+    rows = np.random.default_rng(0).integers(0, 17, size=(64, N_FEATURES)).astype(np.float64)
+    try:
+        return bool(
+            np.array_equal(fast[0](rows), public[0](rows))
+            and np.array_equal(fast[1](rows), public[1](rows))
+        )
+    except Exception:  # any failure of the private path means: use the public one
+        return False
 
 
 def _decision_matrix(scores: NDArray[Any]) -> NDArray[np.float64]:
@@ -110,6 +159,11 @@ def load_classifier(path: Path, name: str = "digits") -> Classifier:
         raise ModelLoadError(f"{path} has neither predict_proba nor decision_function")
     sha256 = file_sha256(path)
     card = _read_card(path, sha256)
+    public = _public_predictors(estimator, score_kind)
+    direct = _direct_svc(estimator, score_kind)
+    if direct is not None and not _same_answers(direct, public):
+        logger.warning("%s: direct libsvm calls disagree with scikit-learn's API; not used", path)
+        direct = None
     classifier = Classifier(
         estimator=estimator,
         name=name,
@@ -117,6 +171,9 @@ def load_classifier(path: Path, name: str = "digits") -> Classifier:
         sha256=sha256,
         classes=tuple(np.asarray(estimator.classes_).tolist()),
         score_kind=score_kind,
+        predict_labels=(direct or public)[0],
+        predict_scores=(direct or public)[1],
+        direct=direct is not None,
         card=card,
     )
     try:

@@ -1,6 +1,7 @@
 """The native API: every request shape, every documented error, the model card."""
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -341,16 +342,10 @@ def test_422_not_a_digit(client: TestClient) -> None:
 def test_500_hides_internals(
     settings: Settings, classifier: Any, render: Renderer, seven: Any
 ) -> None:
-    class Broken:
-        def predict(self, rows: Any) -> Any:
-            raise RuntimeError("secret path /srv/model.pickle")
+    def fail(rows: Any) -> Any:
+        raise RuntimeError("secret path /srv/model.pickle")
 
-    broken = type(classifier)(
-        **{
-            **{f: getattr(classifier, f) for f in classifier.__dataclass_fields__},
-            "estimator": Broken(),
-        }
-    )
+    broken = dataclasses.replace(classifier, predict_labels=fail)
     with TestClient(create_app(settings, broken), raise_server_exceptions=False) as client:
         response = client.post(
             PREDICT, content=render(seven), headers={"content-type": "image/jpeg"}

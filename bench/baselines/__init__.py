@@ -1,0 +1,1 @@
+"""Baselines measured beside digitserve in every benchmark run."""

@@ -1,0 +1,408 @@
+"""Run the benchmark: digitserve, a naive Flask app and the HTTP floor, in one run, same machine.
+
+Each server runs pinned to core 0 (`taskset`), wrk drives it from core 1. For every body and
+concurrency it records req/s, latency percentiles, server CPU time per request (the whole process
+tree), errors by status and resident memory, checks the answers' labels on a sample, and writes
+JSON and a markdown table with ratios against the baselines measured in the same run.
+
+    python -m bench.run            # the full run (a few minutes)
+    python -m bench.run --smoke    # a few seconds, as CI runs it
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+from PIL import Image
+
+from bench.bodies import Body, make_bodies, write_bodies
+from digitserve.classifier import load_classifier
+from digitserve.preprocessing import image_to_features
+
+ROOT = Path(__file__).resolve().parents[1]
+WRK_SCRIPT = ROOT / "bench" / "wrk" / "post.lua"
+SERVER_CORE = "0"
+LOAD_CORE = "1"
+
+
+@dataclass
+class Server:
+    """A server under test: how to start it and where it answers."""
+
+    name: str
+    command: list[str]
+    path: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+
+@dataclass
+class Result:
+    """One (server, body, concurrency) measurement."""
+
+    server: str
+    body: str
+    concurrency: int
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+    errors: int
+    statuses: dict[str, int]
+    rss_mb: float
+    labels_ok: bool
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def servers(workers: int) -> list[Server]:
+    python = sys.executable
+    bindir = Path(python).parent
+    return [
+        Server(
+            "digitserve",
+            [str(bindir / "digitserve"), "serve", "--workers", str(workers), "--port", "{port}"],
+            "/v1/models/digits:predict",
+        ),
+        Server(
+            "flask-naive",
+            [
+                str(bindir / "gunicorn"),
+                "--workers",
+                "2",
+                "--bind",
+                "127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                "bench.baselines.flask_app:app",
+            ],
+            "/predict",
+        ),
+        Server(
+            "http-floor",
+            [
+                str(bindir / "uvicorn"),
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "bench.baselines.floor:app",
+            ],
+            "/",
+        ),
+    ]
+
+
+def start(server: Server) -> None:
+    server.port = free_port()
+    command = [
+        "taskset",
+        "-c",
+        SERVER_CORE,
+        *(part.format(port=server.port) for part in server.command),
+    ]
+    server.process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **server.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=0.5):
+                time.sleep(0.5 if server.name != "digitserve" else 0)
+                if server.name == "digitserve":
+                    ready = requests.get(f"http://127.0.0.1:{server.port}/readyz", timeout=2)
+                    if ready.status_code != 200:
+                        raise OSError("not ready")
+                return
+        except (OSError, requests.RequestException):
+            time.sleep(0.1)
+    raise RuntimeError(f"{server.name} did not start")
+
+
+def stop(server: Server) -> None:
+    if server.process is not None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for process in tree(pid):
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def rss_mb(pid: int) -> float:
+    return sum(p.memory_info().rss for p in tree(pid)) / 1e6
+
+
+def labels_of(server: Server, body: Body) -> tuple[int, ...]:
+    reply = requests.post(
+        server.url, data=body.data, headers={"Content-Type": body.content_type}, timeout=30
+    )
+    if reply.status_code != 200:
+        return ()
+    document = reply.json()
+    if "predictions" in document:
+        return tuple(p["label"] for p in document["predictions"])
+    return (document["label"],) if "label" in document else ()
+
+
+def wrk(
+    server: Server, body_file: Path, body: Body, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    command = [
+        "taskset",
+        "-c",
+        LOAD_CORE,
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPT),
+        server.url,
+    ]
+    env = {**os.environ, "BODY_FILE": str(body_file), "BODY_TYPE": body.content_type}
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"^WRKJSON (.*)$", output, re.MULTILINE)
+    if not match:
+        raise RuntimeError(f"wrk printed no summary: {output}")
+    return json.loads(match.group(1))
+
+
+def measure(
+    server: Server, body: Body, body_file: Path, concurrency: int, seconds: float
+) -> Result:
+    assert server.process is not None
+    labels_ok = labels_of(server, body) == body.labels if server.name != "http-floor" else True
+    before = cpu_seconds(server.process.pid)
+    summary = wrk(server, body_file, body, concurrency, seconds)
+    used = cpu_seconds(server.process.pid) - before
+    labels_ok = labels_ok and (
+        server.name == "http-floor" or labels_of(server, body) == body.labels
+    )
+    count = max(summary["requests"], 1)
+    statuses = {str(k): v for k, v in summary["statuses"].items()}
+    errors = (
+        summary["connect_errors"]
+        + summary["read_errors"]
+        + summary["write_errors"]
+        + summary["timeouts"]
+        + sum(v for k, v in statuses.items() if k != "200")
+    )
+    return Result(
+        server=server.name,
+        body=body.name,
+        concurrency=concurrency,
+        requests=summary["requests"],
+        seconds=summary["duration_us"] / 1e6,
+        rps=summary["requests"] / (summary["duration_us"] / 1e6),
+        p50_ms=summary["p50_us"] / 1000,
+        p99_ms=summary["p99_us"] / 1000,
+        cpu_us_per_request=used / count * 1e6,
+        errors=errors,
+        statuses=statuses,
+        rss_mb=rss_mb(server.process.pid),
+        labels_ok=labels_ok,
+    )
+
+
+def in_process(bodies: dict[str, Body]) -> dict[str, float]:
+    """Microseconds per call of decode + preprocess + predict, and of a full-resolution decode."""
+    classifier = load_classifier(ROOT / "model" / "classifier.pickle")
+    timings: dict[str, float] = {}
+    for name in ("jpeg-8px", "jpeg-256px", "jpeg-12mp"):
+        data = bodies[name].data
+
+        def pipeline(data: bytes = data) -> None:
+            classifier.predict(image_to_features(data, max_pixels=40_000_000).reshape(1, -1))
+
+        number = 20 if name == "jpeg-12mp" else 500
+        timings[f"{name}_pipeline_us"] = (
+            min(timeit.repeat(pipeline, number=number, repeat=3)) / number * 1e6
+        )
+
+    def full_decode() -> None:
+        import io
+
+        Image.open(io.BytesIO(bodies["jpeg-12mp"].data)).convert("RGB").load()
+
+    timings["jpeg-12mp_full_decode_us"] = (
+        min(timeit.repeat(full_decode, number=3, repeat=3)) / 3 * 1e6
+    )
+    return timings
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = report["results"]
+    by_key = {(r["server"], r["body"], r["concurrency"]): r for r in rows}
+    lines = [
+        f"Run {report['date']} on {report['machine']}; server pinned to one core, wrk on the other; "
+        f"{report['seconds']} s per cell.",
+        "",
+        "| body | c | server | req/s | p50 ms | p99 ms | CPU µs/req | errors | RSS MB | labels | "
+        "req/s vs flask |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        flask = by_key.get(("flask-naive", r["body"], r["concurrency"]))
+        ratio = f"{r['rps'] / flask['rps']:.1f}x" if flask and flask["rps"] else "-"
+        lines.append(
+            f"| {r['body']} | {r['concurrency']} | {r['server']} | {r['rps']:.0f} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us_per_request']:.0f} | {r['errors']} | "
+            f"{r['rss_mb']:.0f} | {'ok' if r['labels_ok'] else 'WRONG'} | {ratio} |"
+        )
+    timings = report["in_process_us"]
+    lines += [
+        "",
+        "In process (µs per image): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+    ]
+    for line in report["targets"]:
+        lines.append(f"- {line}")
+    return "\n".join(lines) + "\n"
+
+
+def targets(report: dict[str, Any]) -> list[str]:
+    """The issue's targets, computed from this run's numbers."""
+    by_key = {(r["server"], r["body"], r["concurrency"]): r for r in report["results"]}
+    timings = report["in_process_us"]
+    lines = []
+    for c in report["concurrency"]:
+        ours, flask, floor = (
+            by_key.get((s, "jpeg-8px", c)) for s in ("digitserve", "flask-naive", "http-floor")
+        )
+        if ours and flask and floor:
+            budget = 2 * (floor["cpu_us_per_request"] + timings["jpeg-8px_pipeline_us"])
+            lines.append(
+                f"8x8 JPEG, c={c}: {ours['rps'] / flask['rps']:.1f}x flask req/s (target >= 3x); "
+                f"CPU {ours['cpu_us_per_request']:.0f} µs/req vs budget {budget:.0f} "
+                f"(2 x (floor {floor['cpu_us_per_request']:.0f} + in-process {timings['jpeg-8px_pipeline_us']:.0f}))"
+            )
+        if ours and c == max(report["concurrency"]):
+            lines.append(
+                f"8x8 JPEG, c={c}: p99/p50 = {ours['p99_ms'] / max(ours['p50_ms'], 1e-9):.1f} (target <= 3), "
+                f"errors {ours['errors']}"
+            )
+    lines.append(
+        f"12 MP JPEG: pipeline {timings['jpeg-12mp_pipeline_us'] / timings['jpeg-12mp_full_decode_us']:.3f} "
+        f"of a full-resolution decode (target <= 0.1)"
+    )
+    rss = [r["rss_mb"] for r in report["results"] if r["server"] == "digitserve"]
+    if rss:
+        lines.append(
+            f"digitserve RSS max {max(rss):.0f} MB for {report['workers']} worker(s) (target <= 150 per worker)"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few seconds: one body, one concurrency"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--bodies", nargs="+", default=None)
+    parser.add_argument("--servers", nargs="+", default=None)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None or shutil.which("taskset") is None:
+        print("bench: needs wrk and taskset (apt-get install wrk util-linux)", file=sys.stderr)
+        return 2
+    if args.smoke:
+        args.seconds, args.concurrency = 1.0, [8]
+        args.bodies = args.bodies or ["jpeg-8px", "multipart-16"]
+    bodies = make_bodies()
+    chosen = {name: bodies[name] for name in (args.bodies or bodies)}
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.node()}",
+        "python": platform.python_version(),
+        "seconds": args.seconds,
+        "concurrency": args.concurrency,
+        "workers": args.workers,
+        "results": [],
+        "in_process_us": in_process(bodies),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        files = write_bodies(chosen, Path(scratch))
+        for server in servers(args.workers):
+            if args.servers and server.name not in args.servers:
+                continue
+            start(server)
+            try:
+                for name, body in chosen.items():
+                    if server.name == "flask-naive" and body.content_type.startswith("multipart"):
+                        continue
+                    for concurrency in args.concurrency:
+                        result = measure(server, body, files[name], concurrency, args.seconds)
+                        report["results"].append(asdict(result))
+                        print(
+                            f"{server.name:12} {name:14} c={concurrency:<3} {result.rps:8.0f} req/s "
+                            f"p50 {result.p50_ms:7.2f} ms p99 {result.p99_ms:7.2f} ms "
+                            f"cpu {result.cpu_us_per_request:6.0f} µs errors {result.errors} "
+                            f"labels {'ok' if result.labels_ok else 'WRONG'}",
+                            file=sys.stderr,
+                        )
+            finally:
+                stop(server)
+    report["targets"] = targets(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "smoke" if args.smoke else "latest"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""The benchmark harness keeps working: its smoke mode runs all three servers and checks answers.
+
+It asserts the harness's output, never the speed it measured.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_smoke_run_measures_every_server_with_correct_answers(tmp_path: Path) -> None:
+    assert shutil.which("wrk"), "the harness needs wrk: make sysdeps installs it"
+    subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    servers = {result["server"] for result in report["results"]}
+    assert servers == {"digitserve", "flask-naive", "http-floor"}
+    for result in report["results"]:
+        assert result["requests"] > 0, result
+        assert result["errors"] == 0, result
+        assert result["labels_ok"], result
+        assert result["cpu_us_per_request"] > 0
+    assert (tmp_path / "smoke.md").read_text().startswith("Run ")
+    assert any("12 MP JPEG" in line for line in report["targets"])
