@@ -487,8 +487,7 @@ def test_model_card_panel_links_to_the_api(desktop: Visit, live: LiveServer) -> 
     for href in hrefs:
         assert requests.get(href, timeout=10).status_code == 200, href
     index = requests.get(f"{live.url}/v1", timeout=10).json()
-    if "metrics" in index["links"]:
-        assert f"{live.url}{index['links']['metrics']}" in hrefs
+    assert f"{live.url}{index['links']['metrics']}" in hrefs
 
 
 def test_every_control_is_reachable_by_keyboard(desktop: Visit) -> None:

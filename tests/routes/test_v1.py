@@ -159,6 +159,8 @@ def test_model_card(client: TestClient) -> None:
 def test_index_and_error_catalogue(client: TestClient) -> None:
     index = client.get("/v1").json()
     assert index["links"]["predict"] == PREDICT
+    for name, link in index["links"].items():
+        assert client.get(link).status_code == (405 if name == "predict" else 200), link
     page = client.get("/")
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert 'href="v1"' in page.text

@@ -180,6 +180,8 @@ async def index(classifier: ClassifierDep) -> dict[str, Any]:
             "openapi": "/openapi.json",
             "live": "/healthz",
             "ready": "/readyz",
+            "metrics": "/metrics",
+            "inference_protocol": "/v2",
         },
     }
 
