@@ -260,6 +260,10 @@ def test_405_wrong_method(client: TestClient) -> None:
     response = client.delete("/v1/models")
     assert_problem(response, 405, "method_not_allowed")
     assert response.headers["allow"] == "GET"
+    for method in ("OPTIONS", "DELETE", "PUT"):
+        response = client.request(method, PREDICT)
+        assert_problem(response, 405, "method_not_allowed")
+        assert response.headers["allow"] == "POST", method
 
 
 def test_413_body_over_the_byte_limit(settings: Settings, classifier: Any) -> None:

@@ -194,22 +194,6 @@ async def list_models(classifier: ClassifierDep, settings: SettingsDep) -> dict[
     return {"models": [describe_model(classifier, settings)]}
 
 
-@router.get(
-    "/models/{model_name}",
-    response_model=ModelMetadata,
-    summary="Model card: what it does and how to call it",
-    responses=_problem_responses(404, 503),
-)
-async def model_metadata(
-    model_name: str, classifier: ClassifierDep, settings: SettingsDep
-) -> dict[str, Any]:
-    """Describe the model: classes, input contract, outputs, preprocessing, limits, versions."""
-    if model_name.endswith(":predict"):
-        raise MethodNotAllowed("use POST for :predict", headers={"Allow": "POST"})
-    _check_model_name(model_name, classifier)
-    return describe_model(classifier, settings)
-
-
 @router.post(
     "/models/{model_name}:predict",
     summary="Predict the digit in one or more images",
@@ -253,6 +237,22 @@ async def predict(
         ],
     }
     return Response(orjson.dumps(content), media_type="application/json")
+
+
+@router.get(
+    "/models/{model_name}",
+    response_model=ModelMetadata,
+    summary="Model card: what it does and how to call it",
+    responses=_problem_responses(404, 503),
+)
+async def model_metadata(
+    model_name: str, classifier: ClassifierDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Describe the model: classes, input contract, outputs, preprocessing, limits, versions."""
+    if model_name.endswith(":predict"):
+        raise MethodNotAllowed("use POST for :predict", headers={"Allow": "POST"})
+    _check_model_name(model_name, classifier)
+    return describe_model(classifier, settings)
 
 
 def _check_model_name(model_name: str, classifier: Classifier) -> None:
