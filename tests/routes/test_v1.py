@@ -14,6 +14,7 @@ from sklearn.svm import SVC
 
 from digitserve.app import create_app
 from digitserve.classifier import Classifier, load_classifier
+from digitserve.routes.v1 import decodes_quickly
 from digitserve.schemas import ModelMetadata, PredictResponse, Problem
 from digitserve.settings import Settings
 from digitserve.training import Split
@@ -394,3 +395,16 @@ def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
     asset = client.get("/docs-assets/swagger-ui-bundle.js")
     assert asset.status_code == 200
     assert len(asset.content) > 100_000
+
+
+def test_only_surely_cheap_bodies_are_decoded_on_the_event_loop(
+    render: Renderer, seven: Any
+) -> None:
+    assert decodes_quickly("image/jpeg", render(seven, 256))
+    assert not decodes_quickly("image/png", render(seven, 257, "PNG"))
+    assert decodes_quickly("image/png", b"garbage fails at once")
+    assert decodes_quickly("application/json", json.dumps({"instances": [seven.tolist()]}).encode())
+    assert not decodes_quickly("application/json", b'{"instances": [{"b64": ""}]}')
+    escaped = b'{"instances": [{"\\u0062\\u0036\\u0034": ""}]}'
+    assert not decodes_quickly("application/json", escaped)
+    assert not decodes_quickly("multipart/form-data", b"")

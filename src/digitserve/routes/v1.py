@@ -28,6 +28,7 @@ from digitserve.preprocessing import (
     GRID,
     LEVELS,
     Features,
+    declared_pixels,
     image_to_features,
     pixels_to_features,
 )
@@ -52,9 +53,13 @@ REQUEST_MEDIA_TYPES = (*ACCEPTED_MEDIA_TYPES, "multipart/form-data", "applicatio
 MULTIPART_FIELD = "image"
 """The form field name of each image in a multipart request."""
 
-OFFLOAD_BYTES = 256 * 1024
-"""Bodies above this are decoded on a worker thread; small ones inline, where a thread hop would
-cost more than the work."""
+INLINE_PIXELS = 256 * 256
+"""A raw image up to this many pixels (by its header) is decoded on the event loop, where a thread
+hop would cost more than the work. Cost follows pixels, not bytes: a 100 KB PNG can declare 40
+megapixels, and decoding it inline would stall every other request for seconds."""
+
+INLINE_JSON_BYTES = 64 * 1024
+"""JSON of ready-made pixels up to this size is read inline; JSON carrying images never is."""
 
 PREPROCESSING_STEPS = [
     "Decode the JPEG or PNG (EXIF orientation applied, transparency composited onto white).",
@@ -222,7 +227,7 @@ async def predict(
         )
     body = await read_body(request, settings.max_body_bytes)
     decode = _request_decoder(media_type, options, body, settings)
-    features = await run_in_threadpool(decode) if len(body) > OFFLOAD_BYTES else decode()
+    features = decode() if decodes_quickly(media_type, body) else await run_in_threadpool(decode)
     batch = np.stack(features)
     predictions = classifier.predict(batch)
     content = {
@@ -253,6 +258,16 @@ async def model_metadata(
         raise MethodNotAllowed("use POST for :predict", headers={"Allow": "POST"})
     _check_model_name(model_name, classifier)
     return describe_model(classifier, settings)
+
+
+def decodes_quickly(media_type: str, body: bytes) -> bool:
+    """Whether this body is surely cheap enough to preprocess on the event loop."""
+    if media_type in ACCEPTED_MEDIA_TYPES:
+        return (declared_pixels(body) or 0) <= INLINE_PIXELS
+    if media_type == "application/json":
+        # Any b64 key, even one spelt with escapes, sends the body to a thread.
+        return len(body) <= INLINE_JSON_BYTES and b"b64" not in body and b"\\" not in body
+    return False
 
 
 def _check_model_name(model_name: str, classifier: Classifier) -> None:
