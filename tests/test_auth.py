@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from digitserve.auth import challenge, key_ring, presented_key, read_key_file
+from digitserve.auth import challenge, key_ring, presented_keys, read_key_file
 
 KEY = "k" * 16 + "-first"
 OTHER = "o" * 16 + "-second"
@@ -25,8 +25,18 @@ def test_ring_accepts_each_key_and_nothing_else() -> None:
     assert len(ring.digests) == 2
     assert ring.accepts(KEY)
     assert ring.accepts(OTHER)
-    for wrong in (None, "", KEY[:-1], KEY + "x", KEY.upper(), "\udcff" * 20):
+    for wrong in ("", KEY[:-1], KEY + "x", KEY.upper(), "\udcff" * 20):
         assert not ring.accepts(wrong)
+
+
+def test_ring_admits_a_request_only_if_every_key_it_sent_is_good() -> None:
+    ring = key_ring([KEY, OTHER])
+    assert ring is not None
+    assert ring.admits([KEY])
+    assert ring.admits([KEY, OTHER])
+    assert not ring.admits([])
+    assert not ring.admits([KEY, "wrong"])
+    assert not ring.admits(["", KEY])
 
 
 def test_guarded_paths() -> None:
@@ -44,18 +54,20 @@ def test_guarded_paths() -> None:
 
 
 @pytest.mark.parametrize(
-    ("headers", "key"),
+    ("headers", "keys"),
     [
-        ({"authorization": f"Bearer {KEY}"}, KEY),
-        ({"authorization": f"bearer   {KEY} "}, KEY),
-        ({"x-api-key": f" {KEY}"}, KEY),
-        ({"authorization": "Basic dXNlcjpwYXNz", "x-api-key": KEY}, KEY),
-        ({"authorization": "Bearer ", "x-api-key": ""}, None),
-        ({}, None),
+        ({"authorization": f"Bearer {KEY}"}, [KEY]),
+        ({"authorization": f"bearer   {KEY} "}, [KEY]),
+        ({"x-api-key": f" {KEY}"}, [KEY]),
+        ({"authorization": f"Bearer {KEY}", "x-api-key": OTHER}, [KEY, OTHER]),
+        ({"authorization": "Basic dXNlcjpwYXNz", "x-api-key": KEY}, ["", KEY]),
+        ({"authorization": "Bearer ", "x-api-key": ""}, ["", ""]),
+        ({"authorization": "", "x-api-key": KEY}, ["", KEY]),
+        ({}, []),
     ],
 )
-def test_presented_key(headers: dict[str, str], key: str | None) -> None:
-    assert presented_key(headers) == key
+def test_presented_keys(headers: dict[str, str], keys: list[str]) -> None:
+    assert presented_keys(headers) == keys
 
 
 def test_key_file_skips_blank_lines_and_comments(tmp_path: Path) -> None:
@@ -65,5 +77,5 @@ def test_key_file_skips_blank_lines_and_comments(tmp_path: Path) -> None:
 
 
 def test_challenge_says_whether_a_key_was_sent() -> None:
-    assert challenge(None) == 'Bearer realm="digitserve"'
-    assert challenge("x") == 'Bearer realm="digitserve", error="invalid_token"'
+    assert challenge([]) == 'Bearer realm="digitserve"'
+    assert challenge(["x"]) == 'Bearer realm="digitserve", error="invalid_token"'

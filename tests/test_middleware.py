@@ -71,6 +71,14 @@ def test_a_guarded_path_without_a_key_is_401(guarded: TestClient) -> None:
     assert_problem(guarded.get("/v1/no-such-route"), 401, "unauthorized")
 
 
+def test_a_good_key_beside_a_bad_credential_is_401(guarded: TestClient) -> None:
+    for headers in (
+        {"Authorization": "Basic dXNlcjpwYXNz", "X-API-Key": KEY},
+        {"Authorization": f"Bearer {KEY}", "X-API-Key": "wrong-key-123456789"},
+    ):
+        assert_problem(guarded.get("/v1/models", headers=headers), 401, "unauthorized")
+
+
 def test_a_wrong_key_is_401_and_is_not_echoed(guarded: TestClient) -> None:
     response = guarded.get("/v1/models", headers={"Authorization": "Bearer wrong-key-123456789"})
     body = assert_problem(response, 401, "unauthorized")

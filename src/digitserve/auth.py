@@ -28,10 +28,12 @@ class KeyRing:
     digests: tuple[bytes, ...]
     protect_probes: bool = False
 
-    def accepts(self, presented: str | None) -> bool:
+    def admits(self, presented: list[str]) -> bool:
+        """Whether a request may pass: it sent at least one key, and every key it sent is good."""
+        return bool(presented) and all(self.accepts(key) for key in presented)
+
+    def accepts(self, presented: str) -> bool:
         """Whether a presented key is one of the ring's, comparing against every key in full."""
-        if presented is None:
-            return False
         candidate = _digest(presented)
         matched = False
         for digest in self.digests:
@@ -71,17 +73,23 @@ def key_ring(keys: Iterable[str], *, protect_probes: bool = False) -> KeyRing | 
     return KeyRing(digests, protect_probes) if digests else None
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key a client sent: `Authorization: Bearer <key>`, else `X-API-Key: <key>`."""
-    scheme, _, credentials = headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    api_key = headers.get("x-api-key", "").strip()
-    return api_key or None
+def presented_keys(headers: Mapping[str, str]) -> list[str]:
+    """Every credential a client sent: `Authorization: Bearer <key>` and `X-API-Key: <key>`.
+
+    An Authorization header of another scheme, or an empty one, counts as a credential that
+    matches nothing: a request is never let in on one good key while it also carries a bad one.
+    """
+    keys: list[str] = []
+    if "authorization" in headers:
+        scheme, _, credentials = headers["authorization"].strip().partition(" ")
+        keys.append(credentials.strip() if scheme.lower() == "bearer" else "")
+    if "x-api-key" in headers:
+        keys.append(headers["x-api-key"].strip())
+    return keys
 
 
-def challenge(presented: str | None) -> str:
+def challenge(presented: list[str]) -> str:
     """The WWW-Authenticate value for a refusal (RFC 6750: say when a key was sent but wrong)."""
-    if presented is None:
+    if not presented:
         return f'Bearer realm="{REALM}"'
     return f'Bearer realm="{REALM}", error="invalid_token"'

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from digitserve.auth import KeyRing, challenge, presented_key
+from digitserve.auth import KeyRing, challenge, presented_keys
 from digitserve.errors import PROBLEM_MEDIA_TYPE, Unauthorized, problem
 
 Scope = MutableMapping[str, Any]
@@ -68,14 +68,14 @@ class ApiKeyMiddleware:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
-        presented = presented_key(headers)
-        if self.ring.accepts(presented):
+        presented = presented_keys(headers)
+        if self.ring.admits(presented):
             await self.app(scope, receive, send)
             return
         error = Unauthorized(
-            "an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>"
-            if presented is None
-            else "the API key is not valid"
+            "the API key is not valid"
+            if presented
+            else "an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>"
         )
         body = orjson.dumps(problem(error, scope.get("state", {}).get("request_id")))
         await send(
