@@ -259,3 +259,9 @@ def test_declared_pixels_reads_only_the_header() -> None:
     assert declared_pixels(encode(Image.new("L", (12, 10)), "JPEG")) == 120
     assert declared_pixels(b"not an image") is None
     assert declared_pixels(b"\x89PNG\r\n\x1a\n broken") is None
+
+
+def test_premultiplied_alpha_is_read() -> None:
+    ink = Image.merge("LA", (Image.new("L", (8, 8), 0), Image.new("L", (8, 8), 255)))
+    assert to_features(ink.convert("La")).tolist() == [16] * 64
+    assert to_features(ink.convert("RGBA").convert("RGBa")).tolist() == [16] * 64

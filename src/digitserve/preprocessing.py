@@ -150,8 +150,9 @@ def _normalise_mode(image: Image.Image, peak: float = 255.0) -> Image.Image:
     if image.mode.startswith("I"):
         wide = np.asarray(image, dtype=np.float32)
         return Image.fromarray(np.clip(wide / peak * 255.0, 0, 255).astype(np.uint8), "L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if image.mode == "La":
+        image = image.convert("LA")  # Pillow has no direct route from La to RGBA
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(paper, rgba).convert("RGB")
