@@ -1,5 +1,6 @@
 """Settings come from DIGITSERVE_* variables and are checked before anything starts."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,9 @@ def test_security_settings_survive_the_trip_to_worker_processes(
     rebuilt = Settings()
     assert rebuilt.all_api_keys() == [KEY, f"{KEY},with-comma", f"{KEY}-file"]
     assert rebuilt.model_dump(exclude={"api_keys"}) == original.model_dump(exclude={"api_keys"})
+
+
+def test_preprocess_threads_default_to_the_cpu_count() -> None:
+    assert Settings(model_path=MODEL_PATH).preprocess_threads == (os.cpu_count() or 1)
+    with pytest.raises(ValidationError):
+        Settings(model_path=MODEL_PATH, preprocess_threads=0)

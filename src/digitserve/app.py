@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -63,6 +64,7 @@ def create_app(settings: Settings, classifier: Classifier | None = None) -> Fast
             expected_sha256=settings.model_sha256,
             trusted_types=settings.model_trusted_types,
         )
+        app.state.preprocess_limiter = anyio.CapacityLimiter(settings.preprocess_threads)
         app.state.ready = True
         logger.info(
             "serving model %s version %s (sha256 %s)",

@@ -1,6 +1,7 @@
 """Service settings: one class, read from `DIGITSERVE_*` environment variables and CLI flags."""
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -115,3 +116,7 @@ class Settings(BaseSettings):
         """Every accepted key: from settings, then from the key file."""
         keys = [key.get_secret_value() for key in self.api_keys]
         return keys + (read_key_file(self.api_keys_file) if self.api_keys_file else [])
+
+    preprocess_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    """Most requests decoding large images at once (default: the CPU count); more would only
+    multiply memory, each holding its decoded image, without adding throughput."""

@@ -408,3 +408,18 @@ def test_only_surely_cheap_bodies_are_decoded_on_the_event_loop(
     escaped = b'{"instances": [{"\\u0062\\u0036\\u0034": ""}]}'
     assert not decodes_quickly("application/json", escaped)
     assert not decodes_quickly("multipart/form-data", b"")
+
+
+def test_large_images_are_preprocessed_under_the_thread_bound(
+    settings: Settings, classifier: Classifier, render: Renderer, seven: Any
+) -> None:
+    bounded = settings.model_copy(update={"preprocess_threads": 1})
+    with TestClient(create_app(bounded, classifier)) as client:
+        limiter = client.app.state.preprocess_limiter  # type: ignore[attr-defined]
+        assert limiter.total_tokens == 1
+        response = client.post(
+            PREDICT, content=render(seven, 300, "PNG"), headers={"content-type": "image/png"}
+        )
+        assert response.status_code == 200
+        assert response.json()["predictions"][0]["label"] == 7
+        assert limiter.borrowed_tokens == 0

@@ -5,14 +5,14 @@ import binascii
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
 import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dependencies import ClassifierDep, SettingsDep
+from digitserve.dependencies import ClassifierDep, PreprocessLimiterDep, SettingsDep
 from digitserve.errors import (
     PROBLEM_MEDIA_TYPE,
     DigitserveError,
@@ -211,6 +211,7 @@ async def predict(
     model_name: str,
     classifier: ClassifierDep,
     settings: SettingsDep,
+    limiter: PreprocessLimiterDep,
     include: Annotated[
         list[Include] | None,
         Query(description="`pixels` adds the 8x8 grid the model saw to each prediction."),
@@ -227,7 +228,10 @@ async def predict(
         )
     body = await read_body(request, settings.max_body_bytes)
     decode = _request_decoder(media_type, options, body, settings)
-    features = decode() if decodes_quickly(media_type, body) else await run_in_threadpool(decode)
+    if decodes_quickly(media_type, body):
+        features = decode()
+    else:
+        features = await anyio.to_thread.run_sync(decode, limiter=limiter)
     batch = np.stack(features)
     predictions = classifier.predict(batch)
     content = {
