@@ -185,7 +185,7 @@ def corpus() -> list[Hostile]:
             "image_too_large",
         ),
         Hostile(
-            "real 10000x10000 PNG (1-bit, 12 KB)",
+            "real 10000x10000 PNG (1-bit, 25 KB)",
             png_of_rows(10_000, 10_000, b"\xff" * 1250, bit_depth=1, colour=0),
             PNG,
             413,

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from digitserve.schemas import PredictResponse, Problem
 from tests.conftest import ROOT
 from tests.hostile import GOOD_LABEL, PREDICT, Hostile, corpus, good_jpeg
-from tests.test_integration import LiveServer, start_server, stop_server
+from tests.test_integration import LiveServer, memory_kib, start_server, stop_server
 
 LEAKS = ("Traceback", 'File "', "site-packages", "digitserve/", "Error(", str(ROOT))
 """Fragments of stack traces, exception reprs and file paths that must never reach a client."""
@@ -26,6 +26,11 @@ BODY_LIMIT = 10 * 1024 * 1024
 
 SOCKET_SLACK = 8 * 1024 * 1024
 """Bytes a client can push into loopback socket buffers before it sees the server's answer."""
+
+
+PEAK_GROWTH_KIB = 192 * 1024
+"""One hostile request at a time may not raise the server's peak memory by more than this (the
+39-megapixel PNG costs about 80 MB; reducing it all at once would cost over 400 MB)."""
 
 
 @dataclass
@@ -149,6 +154,7 @@ def test_every_hostile_request_gets_its_answer_from_a_real_server(
     good = Hostile("good", good_jpeg(), "image/jpeg", 200, label=GOOD_LABEL)
     failures: list[str] = []
     try:
+        before = memory_kib(server)
         for item in hostile:
             answer, sent = raw_exchange(server, item)
             failures += [f"{item.name}: {p}" for p in check(item, answer)]
@@ -156,6 +162,9 @@ def test_every_hostile_request_gets_its_answer_from_a_real_server(
                 failures.append(f"{item.name}: {sent} bytes went out before the refusal")
             after = check_good(raw_exchange(server, good)[0])
             failures += [f"after {item.name}: {p}" for p in after]
+        peak = memory_kib(server, "VmHWM") - before
+        if peak > PEAK_GROWTH_KIB:
+            failures.append(f"resident memory peaked {peak} KiB above its start")
     finally:
         assert stop_server(server) == 0
     assert not failures, "\n".join(failures)
