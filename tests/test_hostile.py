@@ -168,3 +168,36 @@ def test_every_hostile_request_gets_its_answer_from_a_real_server(
     finally:
         assert stop_server(server) == 0
     assert not failures, "\n".join(failures)
+
+
+def send_head(server: LiveServer, head: bytes) -> bytes:
+    """Send a raw request head and return whatever comes back (empty if the server hung up)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        try:
+            conn.sendall(head)
+            return conn.recv(4096)
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
+
+
+@pytest.mark.integration
+def test_oversized_and_malformed_request_heads_are_refused_by_the_server() -> None:
+    server = start_server("--no-access-log")
+    good = Hostile("good", good_jpeg(), "image/jpeg", 200, label=GOOD_LABEL)
+    try:
+        before = memory_kib(server)
+        for head in (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: a\r\n" % i for i in range(100_000))
+            + b"\r\n",
+            b"GARBAGE\r\n\r\n",
+            b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        ):
+            reply = send_head(server, head)
+            assert reply == b"" or reply.startswith(b"HTTP/1.1 400 "), reply[:100]
+            assert not check_good(raw_exchange(server, good)[0])
+        assert memory_kib(server, "VmHWM") - before < 4096
+    finally:
+        assert stop_server(server) == 0

@@ -106,3 +106,12 @@ def test_preprocess_threads_default_to_the_cpu_count() -> None:
     assert Settings(model_path=MODEL_PATH).preprocess_threads == (os.cpu_count() or 1)
     with pytest.raises(ValidationError):
         Settings(model_path=MODEL_PATH, preprocess_threads=0)
+
+
+def test_http_parser_and_header_limit_are_checked() -> None:
+    settings = Settings(model_path=MODEL_PATH)
+    assert (settings.http_parser, settings.max_header_bytes) == ("h11", 64 * 1024)
+    with pytest.raises(ValidationError):
+        Settings(model_path=MODEL_PATH, http_parser="fastest")
+    with pytest.raises(ValidationError):
+        Settings(model_path=MODEL_PATH, max_header_bytes=100)

@@ -110,6 +110,8 @@ def _serve(args: argparse.Namespace) -> int:
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": 30,
         "server_header": False,
+        "http": settings.http_parser,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
     }
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found; with a no-op
     # handler there the process exits 0 after a clean stop, as orchestrators expect.

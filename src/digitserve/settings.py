@@ -3,7 +3,7 @@
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -120,3 +120,10 @@ class Settings(BaseSettings):
     preprocess_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     """Most requests decoding large images at once (default: the CPU count); more would only
     multiply memory, each holding its decoded image, without adding throughput."""
+
+    http_parser: Literal["h11", "httptools"] = "h11"
+    """HTTP/1.1 parser: h11 bounds request heads at `max_header_bytes`; httptools is faster but
+    buffers headers of any size, so use it only behind a proxy that limits them."""
+
+    max_header_bytes: int = Field(64 * 1024, ge=4096)
+    """Largest request line plus headers (with h11); larger ones are refused with 400."""
