@@ -173,3 +173,14 @@ def test_corrupt_skops_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"PK\x03\x04 not a real archive")
     with pytest.raises(ModelLoadError, match="is not a readable skops file"):
         load_classifier(path)
+
+
+def test_skops_model_from_another_scikit_learn_release_is_refused(
+    tmp_path: Path, classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "old.skops"
+    monkeypatch.setattr("sklearn.base.__version__", "0.24.2")
+    skops.io.dump(classifier.estimator, path)
+    monkeypatch.undo()
+    with pytest.raises(ModelLoadError, match=r"written by scikit-learn 0\.24\.2"):
+        load_classifier(path)

@@ -165,7 +165,6 @@ def _unpickle(path: Path, data: bytes) -> Any:
 def _load_skops(path: Path, data: bytes, trusted_types: Sequence[str]) -> Any:
     """Load a skops file, which builds only types known to be safe plus those the operator named."""
     import skops.io
-    from skops.io.exceptions import UntrustedTypesFoundException
 
     try:
         untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - set(trusted_types))
@@ -181,8 +180,6 @@ def _load_skops(path: Path, data: bytes, trusted_types: Sequence[str]) -> Any:
         raise
     except InconsistentVersionWarning as exc:
         raise _version_mismatch(path, exc) from exc
-    except UntrustedTypesFoundException as exc:
-        raise ModelLoadError(f"{path} holds types that are not trusted: {exc}") from exc
     except Exception as exc:
         raise ModelLoadError(f"{path} is not a readable skops file: {exc}") from exc
 
