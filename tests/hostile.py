@@ -157,14 +157,15 @@ def _json(document: object) -> bytes:
     return json.dumps(document).encode()
 
 
-def corpus() -> list[Hostile]:
-    """Every hostile request; built on call (a few hundred milliseconds), never at import."""
+@functools.cache
+def corpus() -> tuple[Hostile, ...]:
+    """Every hostile request; built on first call (a few seconds), never at import."""
     good = good_jpeg()
     digit_png = _encode(Image.open(io.BytesIO(good)).convert("L"), "PNG")
     seven_pixels = [0, 0, 7, 16, 16, 16, 16, 2] + [0, 0, 0, 0, 0, 16, 9, 0] * 7
     form = "multipart/form-data; boundary=hostile"
     rng = random.Random(8)  # noqa: S311 - repeatable noise, not secrets
-    return [
+    return (
         Hostile("empty body", b"", JPEG, 400, BAD_IMAGE),
         Hostile("random bytes", rng.randbytes(4096), JPEG, 400, BAD_IMAGE),
         Hostile("truncated JPEG", good[: len(good) // 2], JPEG, 400, BAD_IMAGE),
@@ -238,7 +239,7 @@ def corpus() -> list[Hostile]:
         Hostile(
             "PNG with a zTXt decompression bomb",
             png_with_chunk_before_pixels(
-                digit_png, _chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * (64 * MIB), 9))
+                digit_png, _chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * (16 * MIB), 9))
             ),
             PNG,
             400,
@@ -247,7 +248,7 @@ def corpus() -> list[Hostile]:
         Hostile(
             "PNG with an iCCP decompression bomb",
             png_with_chunk_before_pixels(
-                digit_png, _chunk(b"iCCP", b"p\x00\x00" + zlib.compress(b"a" * (64 * MIB), 9))
+                digit_png, _chunk(b"iCCP", b"p\x00\x00" + zlib.compress(b"a" * (16 * MIB), 9))
             ),
             PNG,
             400,
@@ -439,7 +440,7 @@ def corpus() -> list[Hostile]:
             label=GOOD_LABEL,
             headers={"X-Request-ID": "r" * 4096},
         ),
-    ]
+    )
 
 
 def _animated_gif() -> bytes:

@@ -43,8 +43,8 @@ class Answer:
 
 
 @pytest.fixture(scope="module")
-def hostile() -> list[Hostile]:
-    """The corpus, built once for the module."""
+def hostile() -> tuple[Hostile, ...]:
+    """The corpus (built once per session)."""
     return corpus()
 
 
@@ -95,7 +95,7 @@ def via_test_client(client: TestClient, item: Hostile) -> Answer:
 
 
 def test_every_hostile_request_gets_its_answer_in_process(
-    client: TestClient, hostile: list[Hostile]
+    client: TestClient, hostile: tuple[Hostile, ...]
 ) -> None:
     failures: list[str] = []
     for item in hostile:
@@ -148,7 +148,7 @@ def raw_exchange(server: LiveServer, item: Hostile) -> tuple[Answer, int]:
 
 @pytest.mark.integration
 def test_every_hostile_request_gets_its_answer_from_a_real_server(
-    hostile: list[Hostile],
+    hostile: tuple[Hostile, ...],
 ) -> None:
     server = start_server("--no-access-log")
     good = Hostile("good", good_jpeg(), "image/jpeg", 200, label=GOOD_LABEL)
