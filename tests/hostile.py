@@ -14,6 +14,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image
 
@@ -50,6 +51,14 @@ class Hostile:
         """Content-Type (when there is one) plus any extra headers."""
         typed = {"Content-Type": self.content_type} if self.content_type else {}
         return {**typed, **self.headers}
+
+
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a server process from /proc (VmRSS now, VmHWM the peak), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def good_jpeg() -> bytes:

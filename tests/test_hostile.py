@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from digitserve.schemas import PredictResponse, Problem
 from tests.conftest import ROOT
-from tests.hostile import GOOD_LABEL, PREDICT, Hostile, corpus, good_jpeg
-from tests.test_integration import LiveServer, memory_kib, start_server, stop_server
+from tests.hostile import GOOD_LABEL, PREDICT, Hostile, corpus, good_jpeg, memory_kib
+from tests.test_integration import LiveServer, start_server, stop_server
 
 LEAKS = ("Traceback", 'File "', "site-packages", "digitserve/", "Error(", str(ROOT))
 """Fragments of stack traces, exception reprs and file paths that must never reach a client."""
@@ -154,7 +154,7 @@ def test_every_hostile_request_gets_its_answer_from_a_real_server(
     good = Hostile("good", good_jpeg(), "image/jpeg", 200, label=GOOD_LABEL)
     failures: list[str] = []
     try:
-        before = memory_kib(server)
+        before = memory_kib(server.process.pid)
         for item in hostile:
             answer, sent = raw_exchange(server, item)
             failures += [f"{item.name}: {p}" for p in check(item, answer)]
@@ -162,7 +162,7 @@ def test_every_hostile_request_gets_its_answer_from_a_real_server(
                 failures.append(f"{item.name}: {sent} bytes went out before the refusal")
             after = check_good(raw_exchange(server, good)[0])
             failures += [f"after {item.name}: {p}" for p in after]
-        peak = memory_kib(server, "VmHWM") - before
+        peak = memory_kib(server.process.pid, "VmHWM") - before
         if peak > PEAK_GROWTH_KIB:
             failures.append(f"resident memory peaked {peak} KiB above its start")
     finally:
@@ -186,7 +186,7 @@ def test_oversized_and_malformed_request_heads_are_refused_by_the_server() -> No
     server = start_server("--no-access-log")
     good = Hostile("good", good_jpeg(), "image/jpeg", 200, label=GOOD_LABEL)
     try:
-        before = memory_kib(server)
+        before = memory_kib(server.process.pid)
         for head in (
             b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n",
             b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
@@ -198,6 +198,6 @@ def test_oversized_and_malformed_request_heads_are_refused_by_the_server() -> No
             reply = send_head(server, head)
             assert reply == b"" or reply.startswith(b"HTTP/1.1 400 "), reply[:100]
             assert not check_good(raw_exchange(server, good)[0])
-        assert memory_kib(server, "VmHWM") - before < 4096
+        assert memory_kib(server.process.pid, "VmHWM") - before < 4096
     finally:
         assert stop_server(server) == 0

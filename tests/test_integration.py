@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,14 +68,6 @@ def start_server(*args: str) -> LiveServer:
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("server did not become ready in 60 s")
-
-
-def memory_kib(server: LiveServer, field: str = "VmRSS") -> int:
-    """A memory figure of the server process from /proc (VmRSS now, VmHWM the peak), in KiB."""
-    for line in Path(f"/proc/{server.process.pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{server.process.pid}/status")
 
 
 def stop_server(server: LiveServer) -> int:

@@ -41,7 +41,7 @@ def test_the_fuzzed_documents_declare_what_they_should() -> None:
     assert open_schema.raw_schema == OPEN_APP.openapi()
     assert "securitySchemes" not in open_schema.raw_schema["components"]
     assert keyed_schema.raw_schema["paths"]["/v1/models"]["get"]["security"]
-    assert len(list(open_schema.get_all_operations())) == 7
+    assert len(list(open_schema.get_all_operations())) >= 7
 
 
 @open_schema.parametrize()

@@ -23,8 +23,8 @@ import requests
 
 from digitserve.preprocessing import declared_pixels
 from tests.conftest import DATA_DIR
-from tests.hostile import PREDICT, Hostile, corpus, multipart
-from tests.test_integration import LiveServer, memory_kib, start_server, stop_server
+from tests.hostile import PREDICT, Hostile, corpus, memory_kib, multipart
+from tests.test_integration import LiveServer, start_server, stop_server
 
 REQUESTS = int(os.environ.get("SOAK_REQUESTS", "2000"))
 CONCURRENCY = int(os.environ.get("SOAK_CONCURRENCY", "32"))
@@ -174,9 +174,9 @@ def test_soak_mixed_traffic_at_high_concurrency() -> None:
         started = time.monotonic()
         deadline = started + SECONDS
         warm = run(server, mix, WARM_UP, deadline, seed=1)
-        before = memory_kib(server)
+        before = memory_kib(server.process.pid)
         soak = run(server, mix, REQUESTS, deadline, seed=2)
-        after = memory_kib(server)
+        after = memory_kib(server.process.pid)
         elapsed = time.monotonic() - started
     finally:
         status = stop_server(server)
