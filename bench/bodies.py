@@ -1,6 +1,8 @@
 """Request bodies for the benchmark: every one a real digit whose label is known."""
 
+import base64
 import io
+import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ class Body:
     data: bytes
     content_type: str
     labels: tuple[int, ...]
+    path: str | None = None
+    """Where digitserve takes this body, when not its native predict route."""
 
 
 def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -66,14 +70,34 @@ def make_bodies() -> dict[str, Body]:
     seven = int(np.flatnonzero((labels == 7) & correct)[0])
     batch = [int(i) for i in np.flatnonzero(correct)[:16]]
     batch_body, batch_type = multipart([_jpeg(render_digit(rows[i], 8), 95) for i in batch])
+    eight_px = _jpeg(render_digit(rows[seven], 8), 95)
     return {
-        "jpeg-8px": Body("jpeg-8px", _jpeg(render_digit(rows[seven], 8), 95), "image/jpeg", (7,)),
+        "jpeg-8px": Body("jpeg-8px", eight_px, "image/jpeg", (7,)),
         "jpeg-256px": Body(
             "jpeg-256px", _jpeg(render_digit(rows[seven], 256), 95), "image/jpeg", (7,)
         ),
         "jpeg-12mp": Body("jpeg-12mp", phone_photo(rows[seven]), "image/jpeg", (7,)),
         "multipart-16": Body(
             "multipart-16", batch_body, batch_type, tuple(int(labels[i]) for i in batch)
+        ),
+        "oip-json-8px": Body(
+            "oip-json-8px",
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": [base64.b64encode(eight_px).decode()],
+                        }
+                    ],
+                    "outputs": [{"name": "label"}, {"name": "probabilities"}],
+                }
+            ).encode(),
+            "application/json",
+            (7,),
+            "/v2/models/digits/infer",
         ),
     }
 

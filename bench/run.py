@@ -51,9 +51,10 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+    def url(self, body: Body) -> str:
+        """Where this server takes the body: digitserve has a route per protocol."""
+        path = body.path if body.path and self.name == "digitserve" else self.path
+        return f"http://127.0.0.1:{self.port}{path}"
 
 
 @dataclass
@@ -181,11 +182,14 @@ def rss_mb(pid: int) -> float:
 
 def labels_of(server: Server, body: Body) -> tuple[int, ...]:
     reply = requests.post(
-        server.url, data=body.data, headers={"Content-Type": body.content_type}, timeout=30
+        server.url(body), data=body.data, headers={"Content-Type": body.content_type}, timeout=30
     )
     if reply.status_code != 200:
         return ()
     document = reply.json()
+    if "outputs" in document:
+        [label] = [output for output in document["outputs"] if output["name"] == "label"]
+        return tuple(label["data"])
     if "predictions" in document:
         return tuple(p["label"] for p in document["predictions"])
     return (document["label"],) if "label" in document else ()
@@ -206,7 +210,7 @@ def wrk(
         "10s",
         "-s",
         str(WRK_SCRIPT),
-        server.url,
+        server.url(body),
     ]
     env = {**os.environ, "BODY_FILE": str(body_file), "BODY_TYPE": body.content_type}
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="a few seconds: one body, one concurrency"
+        "--smoke", action="store_true", help="a few seconds: three bodies, one concurrency"
     )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
@@ -360,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.smoke:
         args.seconds, args.concurrency = 1.0, [8]
-        args.bodies = args.bodies or ["jpeg-8px", "multipart-16"]
+        args.bodies = args.bodies or ["jpeg-8px", "multipart-16", "oip-json-8px"]
     bodies = make_bodies()
     chosen = {name: bodies[name] for name in (args.bodies or bodies)}
     report: dict[str, Any] = {
@@ -381,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             start(server)
             try:
                 for name, body in chosen.items():
-                    if server.name == "flask-naive" and body.content_type.startswith("multipart"):
+                    if server.name == "flask-naive" and body.content_type != "image/jpeg":
                         continue
                     for concurrency in args.concurrency:
                         result = measure(server, body, files[name], concurrency, args.seconds)

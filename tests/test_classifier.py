@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.preprocessing import StandardScaler
+import skops.io
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 
 from digitserve.classifier import Classifier, load_classifier
@@ -143,4 +145,64 @@ def test_unreadable_card_is_refused(tmp_path: Path) -> None:
     shutil.copy(MODEL_PATH, path)
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="not valid JSON"):
+        load_classifier(path)
+
+
+def test_expected_sha256_accepts_the_very_file(classifier: Classifier) -> None:
+    loaded = load_classifier(MODEL_PATH, expected_sha256=classifier.sha256.upper())
+    assert loaded.sha256 == classifier.sha256
+
+
+def test_expected_sha256_refuses_any_other_file_before_unpickling(tmp_path: Path) -> None:
+    path = tmp_path / "classifier.pickle"
+    path.write_bytes(b"not even a pickle")
+    expected = "0" * 64
+    with pytest.raises(ModelLoadError) as refusal:
+        load_classifier(path, expected_sha256=expected)
+    message = str(refusal.value)
+    assert message.startswith(f"{path} has sha256 ")
+    assert message.endswith(f"not the expected {expected}; refusing to load it")
+    assert "\n" not in message
+
+
+def test_skops_model_loads_and_predicts_like_the_pickle(
+    tmp_path: Path, classifier: Classifier, split: Split
+) -> None:
+    path = tmp_path / "classifier.skops"
+    skops.io.dump(classifier.estimator, path)
+    loaded = load_classifier(path)
+    rows = split.x_test[:20].astype(np.int64)
+    assert [p.label for p in loaded.predict(rows)] == [p.label for p in classifier.predict(rows)]
+    assert loaded.score_kind == "probabilities"
+    assert loaded.card == {}  # the card beside it describes another file
+
+
+def test_skops_model_with_an_untrusted_type_is_refused_unless_trusted(
+    tmp_path: Path, split: Split
+) -> None:
+    pipeline = make_pipeline(FunctionTransformer(np.round), SVC(gamma=0.001))
+    path = tmp_path / "rounded.skops"
+    skops.io.dump(pipeline.fit(split.x_train, split.y_train), path)
+    with pytest.raises(ModelLoadError, match=r"holds types that are not trusted: numpy\.round;"):
+        load_classifier(path)
+    trusted = load_classifier(path, trusted_types=["numpy.round"])
+    assert trusted.score_kind == "decision_scores"
+    assert trusted.predict(split.x_test[:1].astype(np.int64))[0].label == split.y_test[0]
+
+
+def test_corrupt_skops_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "broken.skops"
+    path.write_bytes(b"PK\x03\x04 not a real archive")
+    with pytest.raises(ModelLoadError, match="is not a readable skops file"):
+        load_classifier(path)
+
+
+def test_skops_model_from_another_scikit_learn_release_is_refused(
+    tmp_path: Path, classifier: Classifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "old.skops"
+    monkeypatch.setattr("sklearn.base.__version__", "0.24.2")
+    skops.io.dump(classifier.estimator, path)
+    monkeypatch.undo()
+    with pytest.raises(ModelLoadError, match=r"written by scikit-learn 0\.24\.2"):
         load_classifier(path)

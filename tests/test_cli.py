@@ -1,6 +1,7 @@
 """The command line: predict without a server, and clean refusals to serve a bad model."""
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -67,3 +68,18 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("digitserve ")
+
+
+def test_serve_refuses_a_model_with_the_wrong_sha256_in_one_line() -> None:
+    expected = "f" * 64
+    result = subprocess.run(
+        [sys.executable, "-m", "digitserve", "serve", "--model", str(MODEL_PATH), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DIGITSERVE_MODEL_SHA256": expected},
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"digitserve: cannot serve the model: {MODEL_PATH} has sha256 ")
+    assert line.endswith(f"not the expected {expected}; refusing to load it")

@@ -19,6 +19,7 @@ from digitserve.errors import (
 )
 from digitserve.preprocessing import (
     area_average,
+    declared_pixels,
     decode_image,
     image_to_features,
     ink_intensity,
@@ -230,3 +231,37 @@ def test_render_digit_is_the_inverse_of_preprocessing(seven: NDArray[np.int64]) 
     assert rendered.size == (8, 8)
     assert to_features(rendered).tolist() == seven.tolist()
     assert io.BytesIO(encode(rendered, "PNG")).getbuffer().nbytes > 0
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I", "P"])
+def test_banded_reduction_equals_the_whole_image_reduction(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(7)
+    if mode == "I":
+        wide = rng.integers(0, 255, (40, 56), dtype=np.int32)
+        wide[30:] = rng.integers(0, 65535, (10, 56), dtype=np.int32)
+        image = Image.fromarray(wide, "I")
+    else:
+        channels = {"L": 1, "RGB": 3, "RGBA": 4, "P": 3}[mode]
+        array = rng.integers(0, 256, (40, 56, channels), dtype=np.uint8).squeeze()
+        image = Image.fromarray(array, "RGB" if mode == "P" else mode)
+        if mode == "P":
+            image = image.quantize(colors=32)
+    whole = to_features(image)
+    monkeypatch.setattr("digitserve.preprocessing.BAND_PIXELS", 56 * 3)
+    assert to_features(image).tolist() == whole.tolist()
+
+
+def test_declared_pixels_reads_only_the_header() -> None:
+    assert declared_pixels(png_header_claiming(9000, 9000)) == 81_000_000
+    assert declared_pixels(png_header_claiming(30000, 30000)) is None  # Pillow refuses it outright
+    assert declared_pixels(encode(Image.new("L", (12, 10)), "JPEG")) == 120
+    assert declared_pixels(b"not an image") is None
+    assert declared_pixels(b"\x89PNG\r\n\x1a\n broken") is None
+
+
+def test_premultiplied_alpha_is_read() -> None:
+    ink = Image.merge("LA", (Image.new("L", (8, 8), 0), Image.new("L", (8, 8), 255)))
+    assert to_features(ink.convert("La")).tolist() == [16] * 64
+    assert to_features(ink.convert("RGBA").convert("RGBa")).tolist() == [16] * 64

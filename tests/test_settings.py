@@ -1,5 +1,8 @@
 """Settings come from DIGITSERVE_* variables and are checked before anything starts."""
 
+import os
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -36,3 +39,77 @@ def test_settings_survive_the_trip_to_worker_processes(monkeypatch: pytest.Monke
     for name, value in settings_to_environment(original).items():
         monkeypatch.setenv(name, value)
     assert Settings() == original
+
+
+KEY = "settings-key-0123456789"
+
+
+@pytest.mark.parametrize("text", [f"{KEY}, {KEY}-2", f'["{KEY}", "{KEY}-2"]'])
+def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv("DIGITSERVE_MODEL_PATH", str(MODEL_PATH))
+    monkeypatch.setenv("DIGITSERVE_API_KEYS", text)
+    monkeypatch.setenv("DIGITSERVE_CORS_ORIGINS", "https://a.example, https://b.example")
+    settings = Settings()
+    assert settings.all_api_keys() == [KEY, f"{KEY}-2"]
+    assert KEY not in repr(settings)
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_short_api_key_fails_validation() -> None:
+    with pytest.raises(ValidationError, match="shorter than 16"):
+        Settings(model_path=MODEL_PATH, api_keys=["guessable"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "cannot read the API key file"), ("# nothing\n\n", "holds no keys"), ("x\n", "16")],
+)
+def test_unusable_key_file_fails_validation(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "keys"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValidationError, match=message):
+        Settings(model_path=MODEL_PATH, api_keys_file=path)
+
+
+def test_model_sha256_is_checked_for_shape_and_lower_cased() -> None:
+    with pytest.raises(ValidationError):
+        Settings(model_path=MODEL_PATH, model_sha256="abc")
+    assert Settings(model_path=MODEL_PATH, model_sha256="AB" * 32).model_sha256 == "ab" * 32
+
+
+def test_security_settings_survive_the_trip_to_worker_processes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY}-file\n")
+    original = Settings(
+        model_path=MODEL_PATH,
+        api_keys=[KEY, f"{KEY},with-comma"],
+        api_keys_file=keys,
+        auth_probes=True,
+        cors_origins=["https://a.example"],
+        model_trusted_types=["numpy.round"],
+    )
+    environment = settings_to_environment(original)
+    assert "DIGITSERVE_MODEL_SHA256" not in environment
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    rebuilt = Settings()
+    assert rebuilt.all_api_keys() == [KEY, f"{KEY},with-comma", f"{KEY}-file"]
+    assert rebuilt.model_dump(exclude={"api_keys"}) == original.model_dump(exclude={"api_keys"})
+
+
+def test_preprocess_threads_default_to_the_cpu_count() -> None:
+    assert Settings(model_path=MODEL_PATH).preprocess_threads == (os.cpu_count() or 1)
+    with pytest.raises(ValidationError):
+        Settings(model_path=MODEL_PATH, preprocess_threads=0)
+
+
+def test_header_limit_is_checked() -> None:
+    settings = Settings(model_path=MODEL_PATH)
+    assert settings.max_header_bytes == 64 * 1024
+    with pytest.raises(ValidationError):
+        Settings(model_path=MODEL_PATH, max_header_bytes=100)

@@ -1,5 +1,6 @@
 """The ASGI application: built by `create_app(settings)`, nothing at import time."""
 
+import json
 import logging
 import os
 import re
@@ -8,17 +9,21 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
+from pydantic import SecretStr
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitserve import __version__
+from digitserve.auth import KeyRing, key_ring
 from digitserve.classifier import Classifier, load_classifier
 from digitserve.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -29,6 +34,7 @@ from digitserve.errors import (
     RouteNotFound,
     problem,
 )
+from digitserve.hardening import ApiKeyMiddleware, SecurityHeadersMiddleware
 from digitserve.logs import REQUEST_ID
 from digitserve.metrics import Metrics
 from digitserve.middleware import ERROR_CODE_KEY, TrafficMiddleware
@@ -63,7 +69,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.classifier = classifier or load_classifier(
-            settings.model_path, settings.model_name
+            settings.model_path,
+            settings.model_name,
+            expected_sha256=settings.model_sha256,
+            trusted_types=settings.model_trusted_types,
         )
         app.state.metrics.describe_model(
             app.state.classifier.name, app.state.classifier.version, app.state.classifier.sha256
@@ -74,6 +83,7 @@ def create_app(
             if handle_sigterm
             else lambda: None
         )
+        app.state.preprocess_limiter = anyio.CapacityLimiter(settings.preprocess_threads)
         app.state.ready = True
         logger.info(
             "serving model %s version %s (sha256 %s)",
@@ -108,10 +118,24 @@ def create_app(
     app.add_exception_handler(DigitserveError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    ring = key_ring(settings.all_api_keys(), protect_probes=settings.auth_probes)
+    if ring is not None:
+        app.add_middleware(ApiKeyMiddleware, ring=ring)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+            max_age=600,
+        )
     app.add_middleware(
         TrafficMiddleware, settings=settings, metrics=app.state.metrics, state=app.state
     )
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.state.key_ring = ring
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -132,10 +156,18 @@ def app_from_environment() -> FastAPI:
 
 def settings_to_environment(settings: Settings) -> dict[str, str]:
     """The DIGITSERVE_* variables that rebuild these settings in a worker process."""
-    return {
-        f"DIGITSERVE_{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
-        for name, value in settings.model_dump().items()
-    }
+    environment = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            text = json.dumps(
+                [item.get_secret_value() if isinstance(item, SecretStr) else item for item in value]
+            )
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        environment[f"DIGITSERVE_{name.upper()}"] = text
+    return environment
 
 
 def export_settings(settings: Settings) -> None:
@@ -249,5 +281,25 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema.setdefault("components", {}).setdefault("schemas", {}).update(
             definitions.get("$defs", {})
         )
+        if app.state.key_ring is not None:
+            _document_api_keys(schema, app.state.key_ring)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _document_api_keys(schema: dict[str, Any], ring: KeyRing) -> None:
+    """Declare both ways to send a key, and the 401, on every operation that needs one."""
+    schema["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    unauthorized = {
+        "description": "No valid API key (`unauthorized`); see the WWW-Authenticate header.",
+        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for path, operations in schema.get("paths", {}).items():
+        if not ring.guards(path):
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            operation.setdefault("responses", {})["401"] = unauthorized

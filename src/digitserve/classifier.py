@@ -1,11 +1,12 @@
 """The hosted model: loaded and checked once, then asked for predictions and its own description."""
 
 import hashlib
+import io
 import json
 import logging
 import pickle
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,10 @@ from digitserve.errors import ModelLoadError
 from digitserve.preprocessing import N_FEATURES
 
 logger = logging.getLogger(__name__)
+
+SKOPS_SUFFIX = ".skops"
+"""Model files with this suffix are loaded with skops, which refuses types it was not told to
+trust, instead of pickle, which runs whatever the file says."""
 
 ScoreKind = Literal["probabilities", "decision_scores"]
 Label = int | str
@@ -129,14 +134,33 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_classifier(path: Path, name: str = "digits") -> Classifier:
-    """Unpickle the operator's model file, check it can serve 64-feature digits, and warm it up.
+def load_classifier(
+    path: Path,
+    name: str = "digits",
+    *,
+    expected_sha256: str | None = None,
+    trusted_types: Sequence[str] = (),
+) -> Classifier:
+    """Load the operator's model file, check it can serve 64-feature digits, and warm it up.
 
-    Every reason to refuse becomes one `ModelLoadError` with a message an operator can act on.
+    The file is read once; its hash is checked against `expected_sha256` before anything in it is
+    deserialised, and the same bytes are then loaded: a pickle, or a `.skops` file, which may hold
+    only skops' safe types plus `trusted_types`. Every reason to refuse becomes one
+    `ModelLoadError` with a message an operator can act on.
     """
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
-    estimator = _unpickle(path)
+    data = path.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256.lower():
+        raise ModelLoadError(
+            f"{path} has sha256 {sha256}, not the expected {expected_sha256.lower()}; "
+            "refusing to load it"
+        )
+    if path.suffix == SKOPS_SUFFIX:
+        estimator = _load_skops(path, data, trusted_types)
+    else:
+        estimator = _unpickle(path, data)
     if not isinstance(estimator, BaseEstimator) or not is_classifier(estimator):
         raise ModelLoadError(
             f"{path} holds a {type(estimator).__name__}, not a scikit-learn classifier"
@@ -157,7 +181,6 @@ def load_classifier(path: Path, name: str = "digits") -> Classifier:
         score_kind = "decision_scores"
     else:
         raise ModelLoadError(f"{path} has neither predict_proba nor decision_function")
-    sha256 = file_sha256(path)
     card = _read_card(path, sha256)
     public = _public_predictors(estimator, score_kind)
     direct = _direct_svc(estimator, score_kind)
@@ -183,20 +206,46 @@ def load_classifier(path: Path, name: str = "digits") -> Classifier:
     return classifier
 
 
-def _unpickle(path: Path) -> Any:
+def _unpickle(path: Path, data: bytes) -> Any:
     """Unpickle, turning a scikit-learn version mismatch into a refusal rather than a warning."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", InconsistentVersionWarning)
-            with path.open("rb") as handle:
-                return pickle.load(handle)  # noqa: S301 - the operator's own, trusted file
+            return pickle.loads(data)  # noqa: S301 - the operator's own, trusted file
     except InconsistentVersionWarning as exc:
-        raise ModelLoadError(
-            f"{path} was written by scikit-learn {exc.original_sklearn_version}; this service runs "
-            f"{sklearn.__version__}. Retrain it (digitserve train) or install the matching release."
-        ) from exc
+        raise _version_mismatch(path, exc) from exc
     except Exception as exc:
         raise ModelLoadError(f"{path} is not a readable model pickle: {exc}") from exc
+
+
+def _load_skops(path: Path, data: bytes, trusted_types: Sequence[str]) -> Any:
+    """Load a skops file, which builds only types known to be safe plus those the operator named."""
+    import skops.io
+
+    try:
+        untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - set(trusted_types))
+        if untrusted:
+            raise ModelLoadError(
+                f"{path} holds types that are not trusted: {', '.join(untrusted)}; list them in "
+                "DIGITSERVE_MODEL_TRUSTED_TYPES only if you trust whoever wrote the file"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InconsistentVersionWarning)
+            return skops.io.load(io.BytesIO(data), trusted=list(trusted_types))
+    except ModelLoadError:
+        raise
+    except InconsistentVersionWarning as exc:
+        raise _version_mismatch(path, exc) from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable skops file: {exc}") from exc
+
+
+def _version_mismatch(path: Path, warning: InconsistentVersionWarning) -> ModelLoadError:
+    """The refusal for a model written by another scikit-learn release."""
+    return ModelLoadError(
+        f"{path} was written by scikit-learn {warning.original_sklearn_version}; this service runs "
+        f"{sklearn.__version__}. Retrain it (digitserve train) or install the matching release."
+    )
 
 
 def _has_method(estimator: Any, name: str) -> bool:

@@ -100,7 +100,12 @@ def _serve(args: argparse.Namespace) -> int:
     from digitserve.classifier import load_classifier
 
     settings = _settings(args)
-    classifier = load_classifier(settings.model_path, settings.model_name)
+    classifier = load_classifier(
+        settings.model_path,
+        settings.model_name,
+        expected_sha256=settings.model_sha256,
+        trusted_types=settings.model_trusted_types,
+    )
     metrics_dir = None
     if settings.workers > 1 and not os.environ.get(METRICS_DIR_VARIABLE):
         # Workers add up their metrics through files; a fresh directory (under $TMPDIR, so a
@@ -123,7 +128,12 @@ def _predict(args: argparse.Namespace) -> int:
     from digitserve.preprocessing import image_to_features
 
     settings = _settings(args)
-    classifier = load_classifier(settings.model_path, settings.model_name)
+    classifier = load_classifier(
+        settings.model_path,
+        settings.model_name,
+        expected_sha256=settings.model_sha256,
+        trusted_types=settings.model_trusted_types,
+    )
     status = 0
     if not args.json:
         print(f"{'file':40} {'label':>5} {'confidence':>10}")

@@ -2,6 +2,7 @@
 
 from typing import Annotated
 
+from anyio import CapacityLimiter
 from fastapi import Depends, Request
 
 from digitserve.classifier import Classifier
@@ -30,6 +31,13 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_preprocess_limiter(request: Request) -> CapacityLimiter:
+    """The bound on how many requests preprocess large images at once (see `preprocess_threads`)."""
+    limiter: CapacityLimiter = request.app.state.preprocess_limiter
+    return limiter
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+PreprocessLimiterDep = Annotated[CapacityLimiter, Depends(get_preprocess_limiter)]
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -6,6 +6,7 @@ The hierarchy (HTTP status in brackets; `code` is the stable machine name client
     ├── BadRequest [400]
     │   ├── InvalidImage         invalid_image       bytes no decoder accepts (truncated, garbage)
     │   └── InvalidInput         invalid_input       malformed JSON, multipart, features or query
+    ├── Unauthorized [401]       unauthorized        no valid API key (only when keys are set)
     ├── NotFound [404]
     │   ├── ModelNotFound        model_not_found     no model of that name
     │   └── RouteNotFound        not_found           no such path
@@ -24,7 +25,8 @@ The hierarchy (HTTP status in brackets; `code` is the stable machine name client
     ├── Overloaded [503]         overloaded          at `max_concurrent_requests`; Retry-After
     └── InternalError [500]      internal_error      never shows internals
 
-`ModelLoadError` is not an HTTP error: it stops the service from starting.
+`ModelLoadError` is not an HTTP error: it stops the service from starting (an unreadable or
+untrusted model file, or one whose sha256 is not the expected one).
 The envelope is RFC 9457 `application/problem+json`, plus `code`, `request_id` and `error` (the same
 text as `detail`, which Open Inference Protocol clients read).
 """
@@ -70,6 +72,14 @@ class InvalidInput(BadRequest):
 
     code = "invalid_input"
     title = "Invalid input"
+
+
+class Unauthorized(DigitserveError):
+    """An API key is required and none, or a wrong one, was sent."""
+
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
 
 
 class NotFound(DigitserveError):

@@ -39,6 +39,10 @@ DRAFT_SIDE = 64
 """Large JPEGs are decoded at a reduced DCT scale, never below this side: 8 source pixels per cell
 keep the area average faithful while a 12-megapixel photo decodes in a fraction of the time."""
 
+BAND_PIXELS = 1 << 20
+"""Preprocessing works on bands of about a megapixel: a 40-megapixel PNG of a few hundred
+kilobytes would otherwise need gigabytes of float arrays at once."""
+
 _MAGIC = {
     b"\xff\xd8\xff": "image/jpeg",
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -68,10 +72,29 @@ def sniff_media_type(data: bytes) -> str | None:
     return None
 
 
+def declared_pixels(data: bytes) -> int | None:
+    """Width x height read from a JPEG or PNG header alone; None when decoding would fail at once.
+
+    It says what decoding will cost before paying for it: a 100 KB PNG can declare 40 megapixels.
+    """
+    media_type = sniff_media_type(data)
+    if media_type not in _PILLOW_FORMAT:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[media_type]]) as image:
+                width, height = image.size
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    return width * height
+
+
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode JPEG or PNG bytes into an upright "L" or "RGB" image with transparency on white.
+    """Decode JPEG or PNG bytes into an upright image, in whatever mode the file has.
 
     The pixel limit is checked from the header before any pixel is decoded (decompression bombs).
+    `to_features` brings the mode to "L" or "RGB" one band of rows at a time.
     """
     media_type = sniff_media_type(data)
     if media_type not in _PILLOW_FORMAT:
@@ -104,10 +127,21 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise InvalidImage(
             f"could not decode the {media_type} image: it is truncated or corrupt"
         ) from exc
-    return _normalise_mode(ImageOps.exif_transpose(image))
+    return ImageOps.exif_transpose(image)
 
 
-def _normalise_mode(image: Image.Image) -> Image.Image:
+def _peak(image: Image.Image) -> float:
+    """The white level of a wide-integer image, decided once for the whole image, else 255."""
+    if not image.mode.startswith("I"):
+        return 255.0
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    extrema = image.getextrema()
+    highest = extrema[1] if isinstance(extrema[1], int | float) else 255
+    return 65535.0 if highest > 255 else 255.0
+
+
+def _normalise_mode(image: Image.Image, peak: float = 255.0) -> Image.Image:
     """Bring any decoded mode to "L" or "RGB", compositing transparency onto white paper."""
     if image.mode in ("L", "RGB"):
         return image
@@ -115,10 +149,10 @@ def _normalise_mode(image: Image.Image) -> Image.Image:
         return image.convert("L")
     if image.mode.startswith("I"):
         wide = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if image.mode.startswith("I;16") or wide.max() > 255 else 255.0
         return Image.fromarray(np.clip(wide / peak * 255.0, 0, 255).astype(np.uint8), "L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if image.mode == "La":
+        image = image.convert("LA")  # Pillow has no direct route from La to RGBA
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(paper, rgba).convert("RGB")
@@ -168,8 +202,23 @@ def quantise(grid: NDArray[np.float32]) -> Features:
 
 
 def to_features(image: Image.Image) -> Features:
-    """Turn a decoded image into the model's 64 integers; a page with no ink is refused."""
-    features = quantise(area_average(ink_intensity(image)))
+    """Turn a decoded image into the model's 64 integers; a page with no ink is refused.
+
+    The image is read one band of rows at a time: area averaging is linear, so the sum over bands
+    is the same grid, while the float working set stays bounded whatever the image size.
+    """
+    width, height = image.size
+    rows = _overlap_matrix(height, GRID)
+    columns = _overlap_matrix(width, GRID)
+    band = max(1, BAND_PIXELS // width)
+    peak = _peak(image)
+    grid = np.zeros((GRID, GRID), dtype=np.float32)
+    for top in range(0, height, band):
+        bottom = min(height, top + band)
+        strip = image if band >= height else image.crop((0, top, width, bottom))
+        ink = ink_intensity(_normalise_mode(strip, peak))
+        grid += rows[:, top:bottom] @ ink @ columns.T
+    features = quantise(grid)
     if not features.any():
         raise BlankImage("the image has no ink: every cell of the 8x8 grid is blank")
     return features

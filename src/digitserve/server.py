@@ -2,7 +2,8 @@
 
 The app itself bounds a request once its headers have arrived (`TrafficMiddleware`). Before that
 uvicorn has no deadline at all: a client that opens a connection and sends half a request line
-holds the socket forever. `HeaderDeadlineProtocol` gives each request's headers the same limit.
+holds the socket forever, and one that sends megabytes of headers is buffered whole.
+`HeaderDeadlineProtocol` gives each request's headers the same time limit, and a size limit.
 """
 
 import asyncio
@@ -36,10 +37,14 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     kept-alive connection (uvicorn's own keep-alive timeout covers the idle time in between).
     """
 
-    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, header_timeout: float, max_header_bytes: int, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
         self.header_deadline: asyncio.TimerHandle | None = None
+        self.max_header_bytes = max_header_bytes
+        self.header_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock for the first request's headers."""
@@ -49,8 +54,25 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """Start the clock for a request on a kept-alive connection."""
         super().on_message_begin()
+        self.header_bytes = 0
         if self.header_deadline is None:
             self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        """Count the request line toward the header limit."""
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Count each header toward the limit: httptools alone buffers heads of any size."""
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, size: int) -> None:
+        """Past the limit, abort parsing; uvicorn answers a parser error with 400 and closes."""
+        self.header_bytes += size
+        if self.header_bytes > self.max_header_bytes:
+            raise ValueError(f"request head over {self.max_header_bytes} bytes")
 
     def on_headers_complete(self) -> None:
         """Stop the clock: from here the app's own time limit applies."""
@@ -109,7 +131,9 @@ def serve(settings: Settings, classifier: Classifier) -> None:
         "host": settings.host,
         "port": settings.port,
         "http": functools.partial(
-            HeaderDeadlineProtocol, header_timeout=settings.request_timeout_seconds
+            HeaderDeadlineProtocol,
+            header_timeout=settings.request_timeout_seconds,
+            max_header_bytes=settings.max_header_bytes,
         ),
         "log_level": settings.log_level,
         "log_config": logging_config(settings.log_level, settings.log_format),

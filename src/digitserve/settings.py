@@ -1,10 +1,14 @@
 """Service settings: one class, read from `DIGITSERVE_*` environment variables and CLI flags."""
 
+import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from digitserve.auth import check_keys, read_key_file
 
 MIB = 1024 * 1024
 
@@ -67,3 +71,72 @@ class Settings(BaseSettings):
         if not path.is_file():
             raise ValueError(f"model file not found: {path}")
         return path
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    """API keys that unlock the service (comma-separated or a JSON list); none: auth is off."""
+
+    api_keys_file: Path | None = None
+    """A file of API keys, one a line (# comments allowed), read at start-up; adds to `api_keys`."""
+
+    auth_probes: bool = False
+    """With keys set, whether /healthz, /readyz and /metrics need a key too."""
+
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Browser origins allowed to call the API cross-site (comma-separated); none: CORS off."""
+
+    model_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    """The model file's expected SHA-256; any other file is refused before it is deserialised."""
+
+    model_trusted_types: Annotated[list[str], NoDecode] = []
+    """For a `.skops` model: types to trust beyond skops' own safe list (comma-separated)."""
+
+    @field_validator("api_keys", "cors_origins", "model_trusted_types", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Read lists from the environment as JSON or as comma-separated text."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        """Refuse keys short enough to guess."""
+        check_keys(key.get_secret_value() for key in keys)
+        return keys
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _key_file_is_usable(cls, path: Path | None) -> Path | None:
+        """Fail at start-up when the key file is missing, unreadable, empty or has short keys."""
+        if path is None:
+            return None
+        try:
+            keys = read_key_file(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the API key file {path}: {exc}") from exc
+        if not keys:
+            raise ValueError(f"the API key file {path} holds no keys")
+        check_keys(keys)
+        return path
+
+    @field_validator("model_sha256")
+    @classmethod
+    def _lower_case(cls, digest: str | None) -> str | None:
+        """Compare digests in one case."""
+        return None if digest is None else digest.lower()
+
+    def all_api_keys(self) -> list[str]:
+        """Every accepted key: from settings, then from the key file."""
+        keys = [key.get_secret_value() for key in self.api_keys]
+        return keys + (read_key_file(self.api_keys_file) if self.api_keys_file else [])
+
+    preprocess_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    """Most requests decoding large images at once (default: the CPU count); more would only
+    multiply memory, each holding its decoded image, without adding throughput."""
+
+    max_header_bytes: int = Field(64 * 1024, ge=4096)
+    """Largest request line plus headers; larger ones are refused with 400 and the connection is
+    closed (httptools alone would buffer heads of any size)."""

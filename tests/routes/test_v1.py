@@ -15,6 +15,7 @@ from sklearn.svm import SVC
 
 from digitserve.app import create_app
 from digitserve.classifier import Classifier, load_classifier
+from digitserve.routes.v1 import decodes_quickly
 from digitserve.schemas import ModelMetadata, PredictResponse, Problem
 from digitserve.settings import Settings
 from digitserve.training import Split
@@ -265,6 +266,10 @@ def test_405_wrong_method(client: TestClient) -> None:
     response = client.delete("/v1/models")
     assert_problem(response, 405, "method_not_allowed")
     assert response.headers["allow"] == "GET"
+    for method in ("OPTIONS", "DELETE", "PUT"):
+        response = client.request(method, PREDICT)
+        assert_problem(response, 405, "method_not_allowed")
+        assert response.headers["allow"] == "POST", method
 
 
 def test_413_body_over_the_byte_limit(settings: Settings, classifier: Any) -> None:
@@ -389,3 +394,31 @@ def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
     asset = client.get("/docs-assets/swagger-ui-bundle.js")
     assert asset.status_code == 200
     assert len(asset.content) > 100_000
+
+
+def test_only_surely_cheap_bodies_are_decoded_on_the_event_loop(
+    render: Renderer, seven: Any
+) -> None:
+    assert decodes_quickly("image/jpeg", render(seven, 256))
+    assert not decodes_quickly("image/png", render(seven, 257, "PNG"))
+    assert decodes_quickly("image/png", b"garbage fails at once")
+    assert decodes_quickly("application/json", json.dumps({"instances": [seven.tolist()]}).encode())
+    assert not decodes_quickly("application/json", b'{"instances": [{"b64": ""}]}')
+    escaped = b'{"instances": [{"\\u0062\\u0036\\u0034": ""}]}'
+    assert not decodes_quickly("application/json", escaped)
+    assert not decodes_quickly("multipart/form-data", b"")
+
+
+def test_large_images_are_preprocessed_under_the_thread_bound(
+    settings: Settings, classifier: Classifier, render: Renderer, seven: Any
+) -> None:
+    bounded = settings.model_copy(update={"preprocess_threads": 1})
+    with TestClient(create_app(bounded, classifier)) as client:
+        limiter = client.app.state.preprocess_limiter  # type: ignore[attr-defined]
+        assert limiter.total_tokens == 1
+        response = client.post(
+            PREDICT, content=render(seven, 300, "PNG"), headers={"content-type": "image/png"}
+        )
+        assert response.status_code == 200
+        assert response.json()["predictions"][0]["label"] == 7
+        assert limiter.borrowed_tokens == 0

@@ -19,7 +19,7 @@ from sklearn.svm import SVC
 from digitserve.app import create_app
 from digitserve.classifier import Classifier, load_classifier
 from digitserve.inference_protocol import deserialize_bytes, serialize_bytes
-from digitserve.routes.v1 import OFFLOAD_BYTES
+from digitserve.routes.v2 import INLINE_BYTES
 from digitserve.schemas import (
     InferenceResponse,
     ModelMetadataV2,
@@ -811,7 +811,7 @@ def test_large_bodies_are_decoded_off_the_event_loop(
     client: TestClient, split: Split, classifier: Classifier
 ) -> None:
     rows = split.x_test[:8].astype(np.int64)
-    padded = orjson.dumps({"inputs": [pixels_input(rows)]}) + b" " * OFFLOAD_BYTES
+    padded = orjson.dumps({"inputs": [pixels_input(rows)]}) + b" " * INLINE_BYTES
     response = client.post(INFER, content=padded)
     assert response.status_code == 200, response.text
     expected = classifier.estimator.predict(rows.astype(np.float64)).tolist()

@@ -6,14 +6,14 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
 import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dependencies import ClassifierDep, MetricsDep, SettingsDep
+from digitserve.dependencies import ClassifierDep, MetricsDep, PreprocessLimiterDep, SettingsDep
 from digitserve.errors import (
     PROBLEM_MEDIA_TYPE,
     DigitserveError,
@@ -31,6 +31,7 @@ from digitserve.preprocessing import (
     GRID,
     LEVELS,
     Features,
+    declared_pixels,
     decode_image,
     pixels_to_features,
     to_features,
@@ -56,9 +57,13 @@ REQUEST_MEDIA_TYPES = (*ACCEPTED_MEDIA_TYPES, "multipart/form-data", "applicatio
 MULTIPART_FIELD = "image"
 """The form field name of each image in a multipart request."""
 
-OFFLOAD_BYTES = 256 * 1024
-"""Bodies above this are decoded on a worker thread; small ones inline, where a thread hop would
-cost more than the work."""
+INLINE_PIXELS = 256 * 256
+"""A raw image up to this many pixels (by its header) is decoded on the event loop, where a thread
+hop would cost more than the work. Cost follows pixels, not bytes: a 100 KB PNG can declare 40
+megapixels, and decoding it inline would stall every other request for seconds."""
+
+INLINE_JSON_BYTES = 64 * 1024
+"""JSON of ready-made pixels up to this size is read inline; JSON carrying images never is."""
 
 PREPROCESSING_STEPS = [
     "Decode the JPEG or PNG (EXIF orientation applied, transparency composited onto white).",
@@ -200,22 +205,6 @@ async def list_models(classifier: ClassifierDep, settings: SettingsDep) -> dict[
     return {"models": [describe_model(classifier, settings)]}
 
 
-@router.get(
-    "/models/{model_name}",
-    response_model=ModelMetadata,
-    summary="Model card: what it does and how to call it",
-    responses=_problem_responses(404, 503),
-)
-async def model_metadata(
-    model_name: str, classifier: ClassifierDep, settings: SettingsDep
-) -> dict[str, Any]:
-    """Describe the model: classes, input contract, outputs, preprocessing, limits, versions."""
-    if model_name.endswith(":predict"):
-        raise MethodNotAllowed("use POST for :predict", headers={"Allow": "POST"})
-    _check_model_name(model_name, classifier)
-    return describe_model(classifier, settings)
-
-
 @router.post(
     "/models/{model_name}:predict",
     summary="Predict the digit in one or more images",
@@ -229,6 +218,7 @@ async def predict(
     classifier: ClassifierDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    limiter: PreprocessLimiterDep,
     include: Annotated[
         list[Include] | None,
         Query(description="`pixels` adds the 8x8 grid the model saw to each prediction."),
@@ -247,7 +237,10 @@ async def predict(
     state = request.state
     setattr(state, BODY_BYTES_KEY, len(body))
     decode = _request_decoder(media_type, options, body, settings, metrics)
-    features = await run_in_threadpool(decode) if len(body) > OFFLOAD_BYTES else decode()
+    if decodes_quickly(media_type, body):
+        features = decode()
+    else:
+        features = await anyio.to_thread.run_sync(decode, limiter=limiter)
     setattr(state, IMAGES_KEY, len(features))
     batch = np.stack(features)
     started = time.perf_counter()
@@ -267,6 +260,32 @@ async def predict(
         ],
     }
     return Response(orjson.dumps(content), media_type="application/json")
+
+
+@router.get(
+    "/models/{model_name}",
+    response_model=ModelMetadata,
+    summary="Model card: what it does and how to call it",
+    responses=_problem_responses(404, 503),
+)
+async def model_metadata(
+    model_name: str, classifier: ClassifierDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Describe the model: classes, input contract, outputs, preprocessing, limits, versions."""
+    if model_name.endswith(":predict"):
+        raise MethodNotAllowed("use POST for :predict", headers={"Allow": "POST"})
+    _check_model_name(model_name, classifier)
+    return describe_model(classifier, settings)
+
+
+def decodes_quickly(media_type: str, body: bytes) -> bool:
+    """Whether this body is surely cheap enough to preprocess on the event loop."""
+    if media_type in ACCEPTED_MEDIA_TYPES:
+        return (declared_pixels(body) or 0) <= INLINE_PIXELS
+    if media_type == "application/json":
+        # Any b64 key, even one spelt with escapes, sends the body to a thread.
+        return len(body) <= INLINE_JSON_BYTES and b"b64" not in body and b"\\" not in body
+    return False
 
 
 def _check_model_name(model_name: str, classifier: Classifier) -> None:

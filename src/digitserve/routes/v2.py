@@ -9,10 +9,10 @@ import base64
 import binascii
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from numpy.typing import NDArray
-from starlette.concurrency import run_in_threadpool
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
@@ -41,7 +41,6 @@ from digitserve.inference_protocol import (
 )
 from digitserve.preprocessing import GRID, LEVELS, N_FEATURES, image_to_features
 from digitserve.routes.bodies import read_body
-from digitserve.routes.v1 import OFFLOAD_BYTES
 from digitserve.schemas import (
     InferenceResponse,
     ModelMetadataV2,
@@ -52,6 +51,11 @@ from digitserve.schemas import (
     ServerReady,
 )
 from digitserve.settings import Settings
+
+INLINE_BYTES = 64 * 1024
+"""Small uncompressed requests without images (pixels only) run on the event loop; anything that
+may decode an image (even a small PNG can declare 40 megapixels) or inflate a body goes to a
+worker thread, under the same bound as /v1 (`preprocess_threads`)."""
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
@@ -256,8 +260,11 @@ async def _infer(request: Request, classifier: Classifier) -> Response:
         plain = decompress(body, encoding, limit=settings.max_body_bytes)
         return run_inference(plain, length, classifier, settings)
 
-    offload = len(body) > OFFLOAD_BYTES or encoding is not None
-    content, json_length = await run_in_threadpool(work) if offload else work()
+    if encoding is None and len(body) <= INLINE_BYTES and b'"image"' not in body:
+        content, json_length = work()
+    else:
+        limiter = request.app.state.preprocess_limiter
+        content, json_length = await anyio.to_thread.run_sync(work, limiter=limiter)
     headers = {"Vary": "Accept-Encoding"}
     if json_length is not None:
         headers[IHCL] = str(json_length)
