@@ -44,7 +44,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self.header_timeout = header_timeout
         self.header_deadline: asyncio.TimerHandle | None = None
         self.max_header_bytes = max_header_bytes
-        self.header_bytes = 0
+        self.head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock for the first request's headers."""
@@ -54,25 +54,22 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """Start the clock for a request on a kept-alive connection."""
         super().on_message_begin()
-        self.header_bytes = 0
         if self.header_deadline is None:
             self._arm()
 
-    def on_url(self, url: bytes) -> None:
-        """Count the request line toward the header limit."""
-        self._count_header_bytes(len(url))
-        super().on_url(url)
+    def data_received(self, data: bytes) -> None:
+        """Refuse a request head past `max_header_bytes`: httptools alone buffers any size.
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Count each header toward the limit: httptools alone buffers heads of any size."""
-        self._count_header_bytes(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _count_header_bytes(self, size: int) -> None:
-        """Past the limit, abort parsing; uvicorn answers a parser error with 400 and closes."""
-        self.header_bytes += size
-        if self.header_bytes > self.max_header_bytes:
-            raise ValueError(f"request head over {self.max_header_bytes} bytes")
+        Only bytes that arrive while a head is still incomplete count, so a body sent in the same
+        packet as its head never does; memory stays within the limit plus one read.
+        """
+        if self.header_deadline is not None:
+            if self.head_bytes > self.max_header_bytes:
+                self._disarm()
+                self.send_400_response("Request head too large.")
+                return
+            self.head_bytes += len(data)
+        super().data_received(data)
 
     def on_headers_complete(self) -> None:
         """Stop the clock: from here the app's own time limit applies."""
@@ -86,6 +83,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def _arm(self) -> None:
         self._disarm()
+        self.head_bytes = 0
         self.header_deadline = self.loop.call_later(self.header_timeout, self._headers_timed_out)
 
     def _disarm(self) -> None:
