@@ -23,7 +23,7 @@ def test_predict_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["predict", "--model", str(MODEL_PATH), str(DATA_DIR / "4_64px.jpg")])
     assert status == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["file", "label", "confidence"]
+    assert lines[0].split() == ["file", "label", "confidence", "warnings"]
     assert lines[1].split()[1] == "4"
 
 

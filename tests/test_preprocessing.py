@@ -23,6 +23,7 @@ from digitserve.preprocessing import (
     image_to_features,
     ink_intensity,
     pixels_to_features,
+    plain_features,
     render_digit,
     sniff_media_type,
     to_features,
@@ -84,7 +85,7 @@ def test_intensity_follows_the_rgb_distance_formula() -> None:
     red, grey = ink_intensity(colours)[0]
     assert red == pytest.approx(np.sqrt(2) / np.sqrt(3), abs=1e-6)
     assert grey == pytest.approx(127 / 255, abs=1e-6)
-    assert to_features(Image.new("RGB", (8, 8), (255, 0, 0))).tolist() == [13] * 64
+    assert plain_features(Image.new("RGB", (8, 8), (255, 0, 0))).tolist() == [13] * 64
 
 
 def test_greyscale_progressive_and_cmyk_jpegs_read_like_rgb(seven: NDArray[np.int64]) -> None:
