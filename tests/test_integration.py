@@ -10,14 +10,17 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
 from digitserve.classifier import Classifier
+from digitserve.evaluation import evaluate, local_reader, read_samples, summarise
 from digitserve.training import Split
 from tests.conftest import DATA_DIR, MODEL_PATH, Renderer
+from tests.test_evaluation import parse_groups
 
 pytestmark = pytest.mark.integration
 
@@ -159,3 +162,48 @@ def test_two_workers_serve_and_stop_cleanly() -> None:
             assert response.json()["predictions"][0]["label"] in range(10)
     finally:
         assert stop_server(server) == 0
+
+
+def test_evaluate_through_the_running_service_matches_the_local_run(
+    live: LiveServer, small_evalset: Path, classifier: Classifier
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "digitserve", "evaluate", str(small_evalset), "--url", live.url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.endswith(f"on {small_evalset} via {live.url}")
+    local = summarise(
+        evaluate(read_samples(small_evalset), local_reader(classifier, "digitserve", 40_000_000))
+    )
+    assert first.startswith(
+        f"accuracy {local.accuracy:.4f} ({local.correct}/{len(local.outcomes)})"
+    )
+    remote_groups = parse_groups(result.stdout)
+    assert remote_groups == {g.group: (g.images, round(g.accuracy, 4)) for g in local.groups}
+    assert "evaluating [" in result.stderr
+
+
+def test_evaluate_reports_an_unreachable_service(small_evalset: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitserve",
+            "evaluate",
+            str(small_evalset),
+            "--url",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("digitserve: cannot evaluate: ")
+    assert "Traceback" not in result.stderr

@@ -9,6 +9,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
+from digitserve.classifier import Classifier
 from digitserve.errors import (
     BlankImage,
     ImageTooLarge,
@@ -24,6 +25,7 @@ from digitserve.preprocessing import (
     ink_intensity,
     pixels_to_features,
     plain_features,
+    read_digit,
     render_digit,
     sniff_media_type,
     to_features,
@@ -64,6 +66,32 @@ def test_plain_upscale_gives_back_the_original_features(
     original = split.x_test[3].astype(np.int64)
     assert features_of(render(original, side, "PNG")).tolist() == original.tolist()
     assert np.abs(features_of(render(original, side, "JPEG")) - original).max() <= 1
+
+
+@pytest.mark.parametrize(("side", "fmt"), [(8, "JPEG"), (16, "PNG"), (64, "JPEG"), (256, "PNG")])
+def test_already_framed_input_is_read_unchanged(
+    split: Split, render: Renderer, side: int, fmt: str
+) -> None:
+    for original in split.x_test[:40].astype(np.int64):
+        image = decode_image(render(original, side, fmt), max_pixels=LIMIT)
+        result = read_digit(image)
+        assert not result.reframed
+        assert result.warnings == ()
+        assert result.features.tolist() == plain_features(image).tolist()
+
+
+def test_a_drawing_with_margins_is_reframed(
+    seven: NDArray[np.int64], classifier: Classifier
+) -> None:
+    page = Image.new("L", (200, 150), 255)
+    page.paste(render_digit(seven, 64), (100, 40))
+    result = read_digit(page)
+    assert result.reframed
+    # Re-centred and stretched to the training frame: near the original, and read as a 7.
+    assert np.abs(result.features - seven).mean() < 2
+    assert np.abs(plain_features(page) - seven).mean() > 3
+    [prediction] = classifier.predict(result.features.reshape(1, -1))
+    assert prediction.label == 7
 
 
 def test_area_average_weighs_fractional_pixels() -> None:

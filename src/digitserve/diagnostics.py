@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 LOW_CONFIDENCE_MARGIN = 0.25
 """Top two class probabilities closer than this: the model hesitates between two digits. On the
-held-out raw vectors it flags 3% of the right answers and 83% of the wrong ones."""
+899 held-out raw vectors it flags 1.2% of the right answers and 8 of the 11 wrong ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +48,15 @@ def confidence_warnings(probabilities: dict[str, float]) -> tuple[Diagnostic, ..
     """Warn when the two most probable classes are within `LOW_CONFIDENCE_MARGIN`."""
     if len(probabilities) < 2:
         return ()
-    first, second = sorted(probabilities.values(), reverse=True)[:2]
-    if first - second >= LOW_CONFIDENCE_MARGIN:
+    (first, p_first), (second, p_second) = sorted(probabilities.items(), key=lambda item: -item[1])[
+        :2
+    ]
+    if p_first - p_second >= LOW_CONFIDENCE_MARGIN:
         return ()
     return (
         warning(
             "low_confidence",
-            f"the two most likely digits are {first:.2f} and {second:.2f} apart by less than "
-            f"{LOW_CONFIDENCE_MARGIN}; treat the label with care",
+            f"the model hesitates between {first} ({p_first:.2f}) and {second} ({p_second:.2f}); "
+            "treat the label with care",
         ),
     )

@@ -112,10 +112,18 @@ def place(ink: FloatImage, size: tuple[int, int], top_left: tuple[int, int]) -> 
     return canvas
 
 
-def paper(
-    size: tuple[int, int], tone: tuple[int, int, int], gradient: float, rng: Rng
-) -> FloatImage:
-    """Paper colour per pixel (height, width, 3): a tone, dimmed by a lighting gradient."""
+@dataclass(frozen=True)
+class Sheet:
+    """A sheet of paper under some light: its colour per pixel, and the light falling on it."""
+
+    colour: FloatImage
+    """(height, width, 3), 0..255."""
+    light: FloatImage
+    """(height, width), 1 where fully lit: the ink on the paper is lit the same."""
+
+
+def paper(size: tuple[int, int], tone: tuple[int, int, int], gradient: float, rng: Rng) -> Sheet:
+    """Paper of a tone, dimmed across the page by a lighting gradient of some direction."""
     width, height = size
     angle = rng.uniform(0, 2 * math.pi)
     xs = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
@@ -123,13 +131,12 @@ def paper(
     ramp = xs * np.float32(math.cos(angle)) + ys * np.float32(math.sin(angle))
     light = np.float32(1.0) - np.float32(gradient) * (ramp + np.float32(0.5))
     base = np.asarray(tone, dtype=np.float32)
-    sheet: FloatImage = light[..., None] * base[None, None, :]
-    return sheet
+    return Sheet(light[..., None] * base[None, None, :], light)
 
 
 def compose(
     ink: FloatImage,
-    sheet: FloatImage,
+    sheet: Sheet,
     colour: tuple[int, int, int],
     *,
     opacity: float = 1.0,
@@ -137,9 +144,10 @@ def compose(
     blur: float = 0.0,
     rng: Rng,
 ) -> Image.Image:
-    """Lay ink of a colour onto paper, then add sensor noise and focus blur: an RGB photo."""
+    """Lay ink of a colour onto lit paper, then add sensor noise and focus blur: an RGB photo."""
     alpha = (ink * opacity)[..., None]
-    pixels = sheet * (1.0 - alpha) + np.asarray(colour, dtype=np.float32) * alpha
+    lit_ink = np.asarray(colour, dtype=np.float32) * sheet.light[..., None]
+    pixels = sheet.colour * (1.0 - alpha) + lit_ink * alpha
     if noise:
         pixels += rng.standard_normal(pixels.shape, dtype=np.float32) * np.float32(noise)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
