@@ -10,7 +10,7 @@ from digitserve.classifier import Classifier
 from digitserve.errors import BlankImage
 from digitserve.evalset import compose, paper, place, smooth_ink
 from digitserve.framing import (
-    CANVAS,
+    BITMAP,
     FRAME_MAX_WIDTH,
     TRAINING_INK_SHARE,
     already_framed,
@@ -170,9 +170,9 @@ def test_frame_stretches_the_ink_box_to_the_training_frame() -> None:
     assert marks is not None
     canvas = frame(ink, marks)
     top, bottom, left, right = inked_extent(canvas)
-    assert (top, bottom) == (0, CANVAS - 1)
-    assert right - left + 1 == pytest.approx(CANVAS * FRAME_MAX_WIDTH, abs=1.5)
-    assert (left + right + 1) / 2 == pytest.approx(CANVAS * framing.FRAME_CENTRE, abs=1)
+    assert (top, bottom) == (0, BITMAP - 1)
+    assert right - left + 1 == pytest.approx(BITMAP * FRAME_MAX_WIDTH, abs=1)
+    assert (left + right + 1) / 2 == pytest.approx(BITMAP * framing.FRAME_CENTRE, abs=1)
 
 
 def test_a_narrow_digit_keeps_its_proportions() -> None:
@@ -182,12 +182,12 @@ def test_a_narrow_digit_keeps_its_proportions() -> None:
     assert marks is not None
     canvas = frame(ink, marks)
     top, bottom, left, right = inked_extent(canvas)
-    assert (top, bottom) == (0, CANVAS - 1)
+    assert (top, bottom) == (0, BITMAP - 1)
     # Not stretched to the frame's width: only thickened to the training ink share, as training
     # ones are (a stem about 10 of 32 pixels wide).
     assert float(canvas.mean()) == pytest.approx(TRAINING_INK_SHARE[0], abs=0.005)
-    assert right - left + 1 == pytest.approx(CANVAS * TRAINING_INK_SHARE[0], abs=2)
-    assert (left + right + 1) / 2 == pytest.approx(CANVAS * framing.FRAME_CENTRE, abs=1)
+    assert right - left + 1 == pytest.approx(BITMAP * TRAINING_INK_SHARE[0], abs=1.5)
+    assert (left + right + 1) / 2 == pytest.approx(BITMAP * framing.FRAME_CENTRE, abs=1)
 
 
 def test_strong_slant_is_removed() -> None:
@@ -198,28 +198,28 @@ def test_strong_slant_is_removed() -> None:
     marks = find_marks(ink)
     assert marks is not None
     canvas = frame(ink, marks) >= 0.5
-    centres = [np.flatnonzero(canvas[row]).mean() for row in (8, CANVAS - 9)]
+    centres = [np.flatnonzero(canvas[row]).mean() for row in (4, BITMAP - 5)]
     leaning = abs(centres[0] - centres[1])
-    # Unstraightened, the top would sit (0.5 - allowed) * 48 rows further right of the bottom.
-    assert leaning <= framing.SLANT_ALLOWED * 48 + 3
+    # Unstraightened, the top would sit 0.5 * 23 pixels right of the bottom; 0.1 * 23 is allowed.
+    assert leaning <= framing.SLANT_ALLOWED * 23 + 1.5
 
 
-@pytest.mark.parametrize(("thickness", "expected"), [(2, 0), (30, 1)])
+@pytest.mark.parametrize(("thickness", "expected"), [(1, 0), (14, 1)])
 def test_strokes_are_brought_to_the_training_ink_share(thickness: int, expected: int) -> None:
-    canvas = np.zeros((CANVAS, CANVAS), dtype=np.float32)
-    canvas[:, 20 : 20 + thickness] = 1.0
-    canvas[:thickness, 10:50] = 1.0
-    normalised = normalise_strokes(canvas)
-    assert float(normalised.mean()) == pytest.approx(TRAINING_INK_SHARE[expected], abs=0.005)
+    bitmap = np.zeros((BITMAP, BITMAP), dtype=np.float32)
+    bitmap[:, 10 : 10 + thickness] = 1.0
+    bitmap[:thickness, 5:27] = 1.0
+    normalised = normalise_strokes(bitmap)
+    assert float(normalised.mean()) == pytest.approx(TRAINING_INK_SHARE[expected], abs=1e-4)
     # The stroke keeps its shape: it grows or shrinks around the same skeleton.
-    assert normalised[32, 20 + thickness // 2] > 0.5
-    assert normalised[32, :10].max() == 0
+    assert normalised[20, 10 + thickness // 2] == 1.0
+    assert normalised[20, :3].max() == 0
 
 
 def test_strokes_already_like_training_are_left_alone() -> None:
-    canvas = np.zeros((CANVAS, CANVAS), dtype=np.float32)
-    canvas[:, 10:31] = 1.0  # 33% of the frame
-    assert normalise_strokes(canvas) is canvas
+    bitmap = np.zeros((BITMAP, BITMAP), dtype=np.float32)
+    bitmap[:, 10:21] = 1.0  # 34% of the frame
+    assert normalise_strokes(bitmap) is bitmap
 
 
 def test_framed_input_is_recognised(split: Split) -> None:

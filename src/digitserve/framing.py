@@ -5,8 +5,9 @@ spans all 32 rows, most digits are 20 pixels (six 4-pixel columns) wide and cent
 bold (about 30% of the bitmap inked), writers' slant is mostly removed. A photo of a digit on a page
 is nothing like that, and the model only knows that. So, per image:
 
-1. `measure_levels`: the paper colour (a plane, for lighting gradients), which side the ink is on
-   (dark on light, or light on dark), and how far the ink stands from the paper.
+1. `measure_levels`: the paper tone (a plane, for lighting gradients), which side the ink is on
+   (dark on light, or light on dark), and how far the ink stands from the paper. It takes any
+   number of channels; the service gives it a grey copy of at most `WORK_SIDE` pixels a side.
 2. `find_marks`: separate the ink into connected marks; drop specks, keep the digit and what is
    close to it, note any separate mark that was ignored.
 3. `frame`: cut out the digit's ink box, straighten a strong slant, and map the box onto the
@@ -35,7 +36,10 @@ WORK_SIDE = 128
 fills a tenth of a photo, cheap enough to stay under a millisecond."""
 
 CANVAS = 64
-"""The framed digit is drawn at 64x64, twice the 32x32 training bitmap, before 8x8 averaging."""
+"""The framed digit is resampled at 64x64, twice the training bitmap, then averaged 2x2."""
+
+BITMAP = 32
+"""The training bitmaps' side: load_digits counted the inked pixels of 4x4 blocks of 32x32."""
 
 FRAME_HEIGHT = 1.0
 """Share of the frame's height the ink box fills: every training digit's ink spans all 8 rows."""
@@ -53,10 +57,9 @@ TRAINING_INK_SHARE = (0.30, 0.36)
 """Share of the 32x32 bitmap that is ink in load_digits: median 0.30, 95th percentile 0.36. Thinner
 strokes (a ballpoint, MNIST) are thickened to the median, bolder ones thinned to the 95th."""
 
-MAX_PEN_CHANGE = 12.0
-PEN_STEPS = 25
-"""Strokes grow or shrink by at most 12 frame pixels (3/16 of the height), searched in half-pixel
-steps: a hairline becomes a bold stroke, and a filled blob does not vanish."""
+MAX_PEN_CHANGE = 6
+"""Strokes grow or shrink by at most 6 bitmap pixels on each side (3/16 of the height): a hairline
+becomes a bold stroke, and a filled blob does not vanish."""
 
 SLANT_ALLOWED = 0.1
 """Moment slant (x shift per row, per row of height) left alone. Training digits show some
@@ -69,6 +72,12 @@ SPECK_SHARE = 0.05
 NEAR_SHARE = 0.3
 """A mark within this share of the digit's height of the digit's box belongs to it (the bar of a 5,
 the second stroke of a 4); a farther one is another mark and is ignored."""
+
+FLAT_PAPER = 0.02
+"""Paper whose fitted tone changes less than this across the image is taken as evenly lit."""
+
+STATISTICS_SIDE = 32
+"""Images at least twice this side have their levels measured on every other pixel."""
 
 UNIFORM_TONE = 0.15
 UNIFORM_SHARE = 0.75
@@ -138,15 +147,18 @@ def measure_levels(colour: FloatArray) -> Levels:
     The paper is first the median colour of the image's border, then a plane fitted to the pixels
     that are not ink (a lighting gradient); ink is the colour distance from that paper on the side
     (darker or lighter) where the ink lies, so blue ink, grey paper and chalk all read alike.
+    Statistics are taken on every other pixel; only the final ink map is at full resolution.
     """
     channels = colour.shape[0]
+    step = 2 if min(colour.shape[1:]) >= 2 * STATISTICS_SIDE else 1
+    sample = colour[:, ::step, ::step]
     luminance = colour.sum(axis=0) / np.float32(channels)
     ring = _border(luminance)
     median = _quantile(ring, 0.5)
     uniform = UNIFORM_SHARE if min(luminance.shape) > TRAINING_SIDE else UNIFORM_SHARE_SMALL
     if np.mean(np.abs(ring - median) < UNIFORM_TONE) >= uniform:
         paper = [np.float32(_quantile(_border(plane), 0.5)) for plane in colour]
-        darker, lighter = _extremes(luminance - np.float32(median))
+        darker, lighter = _extremes(luminance[::step, ::step] - np.float32(median))
         inverted = lighter > -darker and lighter > MIN_CONTRAST
     else:
         # Ink crosses much of the border (a tight crop): take the lightest border as the paper.
@@ -155,20 +167,20 @@ def measure_levels(colour: FloatArray) -> Levels:
     # Light falls on ink and paper alike: on light paper, ink is read relative to the paper under
     # it (a ratio), so a shadowed corner is not ink. On a dark ground (near 0) the difference is.
     relative = not inverted
-    distance = _distance(colour, paper, relative=relative)
+    distance = _distance(sample, paper, relative=relative)
     ink_level = _levels(distance)[1]
     if ink_level < MIN_CONTRAST:
         return Levels(np.zeros(luminance.shape, np.float32), ink_level, inverted, False)
     planes: Sequence[FloatArray | np.float32] = paper
-    fitted = _fit_planes(colour, distance < 0.5 * ink_level)
+    fitted = _fit_planes(sample, distance < 0.5 * ink_level, step, luminance.shape)
     if fitted is not None:
         planes = fitted
-        distance = _distance(colour, planes, relative=relative)
+    distance = _distance(colour, planes, relative=relative)
     deviation = luminance - sum(planes) / np.float32(channels)
     # Only pixels on the ink's side of the paper are ink: glare on dark-on-light paper is not.
     on_ink_side = deviation > 0 if inverted else deviation < 0
     distance = np.where(on_ink_side, distance, np.float32(0.0))
-    paper_level, ink_level = _levels(distance)
+    paper_level, ink_level = _levels(distance[::step, ::step])
     contrast = ink_level - paper_level
     if contrast < MIN_CONTRAST:
         return Levels(np.zeros(luminance.shape, np.float32), contrast, inverted, False)
@@ -186,8 +198,8 @@ def _quantile(values: FloatArray, share: float) -> float:
 
 
 def _extremes(values: FloatArray) -> tuple[float, float]:
-    """The 0.2% and 99.8% quantiles, from every other pixel (statistics, not detail)."""
-    flat = values[::2, ::2].ravel() if min(values.shape) >= 16 else values.ravel()
+    """The 0.2% and 99.8% quantiles."""
+    flat = values.ravel()
     low = min(int(0.002 * len(flat)), len(flat) - 1)
     high = min(int(0.998 * len(flat)), len(flat) - 1)
     ordered = np.partition(flat, (low, high))
@@ -195,19 +207,16 @@ def _extremes(values: FloatArray) -> tuple[float, float]:
 
 
 def _levels(distance: FloatArray) -> tuple[float, float]:
-    """Paper level (median of the pixels nearer paper than ink) and ink level (99.8% quantile).
+    """Paper level (mean of the pixels nearer paper than ink) and ink level (99.8% quantile).
 
     The paper level is the noise floor left after the paper plane; it is measured on the paper
     pixels only, as ink may cover more than half of a tightly cropped image.
     """
-    flat = distance[::2, ::2].ravel() if min(distance.shape) >= 16 else distance.ravel()
+    flat = distance.ravel()
     high = min(int(0.998 * len(flat)), len(flat) - 1)
     ink_level = float(np.partition(flat, high)[high])
     paper = flat[flat < 0.5 * ink_level]
-    if len(paper) == 0:
-        return 0.0, ink_level
-    middle = len(paper) // 2
-    return float(np.partition(paper, middle)[middle]), ink_level
+    return (float(paper.mean()) if len(paper) else 0.0), ink_level
 
 
 def _border(plane: FloatArray) -> FloatArray:
@@ -232,15 +241,20 @@ def _distance(
     return result
 
 
-def _fit_planes(colour: FloatArray, paper_mask: NDArray[np.bool_]) -> list[FloatArray] | None:
-    """Least-squares plane per channel through the paper pixels: the paper under uneven light."""
-    _, height, width = colour.shape
-    step = 4 if min(height, width) >= 64 else 1
-    ys, xs = np.nonzero(paper_mask[::step, ::step])
+def _fit_planes(
+    sample: FloatArray, paper_mask: NDArray[np.bool_], step: int, shape: tuple[int, ...]
+) -> list[FloatArray] | None:
+    """Least-squares plane per channel through the paper pixels: the paper under uneven light.
+
+    Fitted on a sample taken every `step` pixels; returned at the full `shape`, or None when the
+    paper is evenly lit (or too little of it shows) and its border colour will do.
+    """
+    ys, xs = np.nonzero(paper_mask[::2, ::2])
     if len(ys) < 16:
         return None
-    x = xs.astype(np.float64) * step
-    y = ys.astype(np.float64) * step
+    values = sample[:, ::2, ::2][:, ys, xs].astype(np.float64)
+    x = xs.astype(np.float64) * (2 * step)
+    y = ys.astype(np.float64) * (2 * step)
     normal = np.array(
         [
             [len(x), x.sum(), y.sum()],
@@ -248,17 +262,19 @@ def _fit_planes(colour: FloatArray, paper_mask: NDArray[np.bool_]) -> list[Float
             [y.sum(), x @ y, y @ y],
         ]
     )
-    values = colour[:, ::step, ::step][:, ys, xs].astype(np.float64)
     moments = np.stack([values.sum(axis=1), values @ x, values @ y])
     try:
         coefficients = np.linalg.solve(normal, moments).astype(np.float32)
     except np.linalg.LinAlgError:
         return None
+    height, width = shape
+    if np.abs(coefficients[1:] * np.float32(max(height, width))).max() < FLAT_PAPER:
+        return None
     grid_x = np.arange(width, dtype=np.float32)[None, :]
     grid_y = np.arange(height, dtype=np.float32)[:, None]
     return [
         (grid_y * coefficients[2, c] + coefficients[0, c]) + grid_x * coefficients[1, c]
-        for c in range(colour.shape[0])
+        for c in range(sample.shape[0])
     ]
 
 
@@ -303,7 +319,10 @@ def _box(slices: tuple[slice, slice] | None) -> tuple[int, int, int, int]:
 
 
 def frame(ink: FloatArray, marks: Marks) -> FloatArray:
-    """Draw the digit's ink onto the 64x64 training frame: box to full height, slant removed."""
+    """Draw the digit's ink into the training frame: box to full height, slant removed.
+
+    Resampled at 64x64 and averaged to the 32x32 bitmap, whose strokes are then normalised.
+    """
     top, bottom, left, right = marks.box
     # The digit's box with a one-pixel border of paper, so interpolation fades to paper.
     mask = np.pad(marks.digit[top : bottom + 1, left : right + 1], 1)
@@ -339,7 +358,9 @@ def frame(ink: FloatArray, marks: Marks) -> FloatArray:
         (CANVAS, CANVAS), Image.Transform.AFFINE, affine, Image.Resampling.BILINEAR
     )
     canvas = np.clip(np.asarray(framed, dtype=np.float32), 0.0, 1.0)
-    return normalise_strokes(canvas)
+    half = CANVAS // BITMAP
+    bitmap = canvas.reshape(BITMAP, half, BITMAP, half).mean(axis=(1, 3), dtype=np.float32)
+    return normalise_strokes(bitmap)
 
 
 def _slant(weights: FloatArray) -> tuple[float, float]:
@@ -356,31 +377,42 @@ def _slant(weights: FloatArray) -> tuple[float, float]:
     return float(np.sign(slant)) * max(abs(slant) - SLANT_ALLOWED, 0.0), cy
 
 
-def normalise_strokes(canvas: FloatArray) -> FloatArray:
-    """Thicken or thin strokes toward the training ink share, as a rounder or finer pen would.
+def normalise_strokes(bitmap: FloatArray) -> FloatArray:
+    """Thicken or thin strokes toward the training ink share, as a broader or finer pen would.
 
-    The pen grows (or shrinks) by a distance found so that the frame's ink mass meets the nearest
-    bound of `TRAINING_INK_SHARE`; edges stay soft, as area averaging expects.
+    Works on the 32x32 bitmap, as the training data was measured: the pen grows (or shrinks) one
+    pixel at a time, alternating a square and a cross so it stays round, and the last step is
+    blended so the ink mass meets the nearest bound of `TRAINING_INK_SHARE` exactly.
     """
-    share = float(canvas.mean())
+    share = float(bitmap.mean())
     low, high = TRAINING_INK_SHARE
-    inked = canvas >= 0.5
-    if low <= share <= high or not inked.any() or inked.all():
-        return canvas
-    reaches = np.linspace(0.0, MAX_PEN_CHANGE, PEN_STEPS, dtype=np.float32)[:, None, None]
-    if share < low:
-        outside = ndimage.distance_transform_edt(~inked).astype(np.float32)
-        grown = np.maximum(canvas, np.clip(reaches + 0.5 - outside, 0.0, 1.0))
-        masses = grown.mean(axis=(1, 2))
-        reach = float(np.interp(low, masses, reaches.ravel()))
-        thick: FloatArray = np.maximum(canvas, np.clip(np.float32(reach + 0.5) - outside, 0.0, 1.0))
-        return thick
-    inside = ndimage.distance_transform_edt(inked).astype(np.float32)
-    shrunk = np.clip(inside - reaches + 0.5, 0.0, 1.0)
-    masses = shrunk.mean(axis=(1, 2))
-    depth = float(np.interp(high, masses[::-1], reaches.ravel()[::-1]))
-    thin: FloatArray = np.clip(inside - np.float32(depth - 0.5), 0.0, 1.0)
-    return thin
+    if low <= share <= high or share == 0.0 or share == 1.0:
+        return bitmap
+    target = low if share < low else high
+    grow = share < low
+    current, mass = bitmap, share
+    for step in range(MAX_PEN_CHANGE):
+        following = _morph(current, grow=grow, square=step % 2 == 1)
+        following_mass = float(following.mean())
+        if (following_mass >= target) if grow else (following_mass <= target):
+            blend = (target - mass) / (following_mass - mass)
+            result: FloatArray = current + np.float32(blend) * (following - current)
+            return result
+        current, mass = following, following_mass
+    return current
+
+
+def _morph(image: FloatArray, *, grow: bool, square: bool) -> FloatArray:
+    """One step of grey dilation (or erosion) by a cross, or by a 3x3 square."""
+    pick = np.maximum if grow else np.minimum
+    out = image.copy()
+    pick(out[1:], image[:-1], out=out[1:])
+    pick(out[:-1], image[1:], out=out[:-1])
+    source = out if square else image
+    wide = out.copy()
+    pick(wide[:, 1:], source[:, :-1], out=wide[:, 1:])
+    pick(wide[:, :-1], source[:, 1:], out=wide[:, :-1])
+    return wide
 
 
 def touches(marks_mask: NDArray[np.bool_]) -> tuple[bool, bool, bool, bool]:
@@ -397,8 +429,8 @@ FRAMED_INK = 0.25
 """Ink above this (of the stretched 0..1) counts when asking whether ink touches an edge: the top
 and bottom rows of every training digit hold at least 5 of 16."""
 
-TRAINING_SIDE = 32
-"""The training bitmaps' side: an image this small holds nothing finer to re-frame."""
+TRAINING_SIDE = BITMAP
+"""An image no larger than the training bitmap holds nothing finer to re-frame."""
 
 
 def already_framed(ink: FloatArray, side: int) -> bool:

@@ -221,9 +221,14 @@ def read_digit(image: Image.Image) -> Preprocessed:
 
 
 def _working_image(image: Image.Image) -> Image.Image:
-    """Reduce a large image by a whole factor (box average) to about `framing.WORK_SIDE`."""
+    """Reduce a large image by a whole factor (box average) to about `framing.WORK_SIDE`, in grey.
+
+    Luminance tells any usual ink from its paper (blue, red, green, graphite on white, grey or
+    kraft: measured on the evaluation set, no group lost an image) at a third of the work.
+    """
     factor = -(-max(image.size) // framing.WORK_SIDE)
-    return image.reduce(factor) if factor > 1 else image
+    reduced = image.reduce(factor) if factor > 1 else image
+    return reduced.convert("L") if reduced.mode != "L" else reduced
 
 
 def to_features(image: Image.Image) -> Features:

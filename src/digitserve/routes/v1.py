@@ -59,10 +59,10 @@ cost more than the work."""
 
 PREPROCESSING_STEPS = [
     "Decode the JPEG or PNG (EXIF orientation applied, transparency composited onto white).",
-    "Levels: estimate the paper colour (border median, then a plane through the paper pixels for "
-    "uneven light) and which side the ink is on; ink is the colour distance from the paper, "
-    "stretched so the ink reads 1 and the paper 0. Light ink on a dark ground is read the same "
-    "way (and flagged inverted_input).",
+    "Levels (on a grey copy of at most 128 pixels a side): estimate the paper tone (border "
+    "median, then a plane through the paper pixels for uneven light) and which side the ink is "
+    "on; ink is how far a pixel is from the paper under it, stretched so the ink reads 1 and the "
+    "paper 0. Light ink on a dark ground is read the same way (and flagged inverted_input).",
     "Marks: connected ink marks; specks dropped, the largest mark and those close to it kept, "
     "others ignored (several_marks).",
     "Already framed like the training data (ink touching top and bottom, as in every load_digits "
