@@ -1,4 +1,4 @@
-"""Framing, step by step, on synthetic images: levels, polarity, marks, the frame, strokes, warnings."""
+"""Framing step by step on synthetic images: levels, polarity, marks, frame, strokes, warnings."""
 
 import numpy as np
 import pytest

@@ -324,10 +324,17 @@ def frame(ink: FloatArray, marks: Marks) -> FloatArray:
     Resampled at 64x64 and averaged to the 32x32 bitmap, whose strokes are then normalised.
     """
     top, bottom, left, right = marks.box
-    # The digit's box with a one-pixel border of paper, so interpolation fades to paper.
-    mask = np.pad(marks.digit[top : bottom + 1, left : right + 1], 1)
+    # The digit's box and a one-pixel border (the soft edge of its ink, or paper at the image's
+    # edge), keeping only ink that belongs to the digit's marks.
+    height_px, width_px = ink.shape
+    region = (slice(max(top - 1, 0), bottom + 2), slice(max(left - 1, 0), right + 2))
+    pads = (
+        (int(top == 0), int(bottom == height_px - 1)),
+        (int(left == 0), int(right == width_px - 1)),
+    )
+    mask = np.pad(marks.digit[region], pads)
     near = ndimage.maximum_filter(mask, size=3)
-    crop = np.pad(ink[top : bottom + 1, left : right + 1], 1) * near
+    crop = np.pad(ink[region], pads) * near
     slant, cy = _slant(crop)
     rows = np.flatnonzero(mask.any(axis=1))
     inked = mask[rows]
@@ -337,7 +344,11 @@ def frame(ink: FloatArray, marks: Marks) -> FloatArray:
     lean = slant * (rows - cy)
     x0 = float((firsts - lean).min())
     x1 = float((lasts - lean).max())
-    y0, height = 1.0, float(bottom - top + 1)
+    # The top and bottom edges to a fraction of a pixel, from how much ink the edge rows hold: a
+    # thumbnail's digit is only a few pixels tall, and half a pixel is a tenth of it.
+    y0 = 2.0 - float(crop[1].max()) - float(crop[0].max())
+    y1 = float(bottom - top + 1) + float(crop[-2].max()) + float(crop[-1].max())
+    height = y1 - y0
     width = max(x1 - x0, 1.0)
     frame_height = CANVAS * FRAME_HEIGHT
     frame_width = min(width * frame_height / height, CANVAS * FRAME_MAX_WIDTH)
