@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install serve test lint typecheck pytest train lock clean
+.PHONY: install serve test lint typecheck pytest train evalset evaluate lock clean
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "digitserve needs Python 3.11 or newer")'
@@ -35,6 +35,13 @@ pytest: $(STAMP)
 
 train: $(STAMP)  ## rebuild model/ and data/ reproducibly
 	$(BIN)/digitserve train
+
+evalset: $(STAMP)  ## render the evaluation set into evalset/ (git-ignored)
+	$(BIN)/digitserve make-evalset evalset $(ARGS)
+
+evaluate: $(STAMP)  ## plain pipeline vs digitserve on evalset/, report in evalset/report.md
+	$(BIN)/digitserve evaluate evalset --plain
+	$(BIN)/digitserve evaluate evalset --report evalset/report.md
 
 lock:  ## re-resolve requirements/*.txt from pyproject.toml in clean environments
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet --upgrade pip

@@ -216,6 +216,15 @@ def test_strokes_are_brought_to_the_training_ink_share(thickness: int, expected:
     assert normalised[20, :3].max() == 0
 
 
+def test_a_dot_grows_only_as_far_as_the_pen_may() -> None:
+    bitmap = np.zeros((BITMAP, BITMAP), dtype=np.float32)
+    bitmap[16, 16] = 1.0
+    grown = normalise_strokes(bitmap)
+    # Six steps, alternating cross and square: a 13-pixel octagon, far short of 30% of the frame.
+    assert (grown > 0).sum() == 13 * 13 - 4 * 6
+    assert float(grown.mean()) < TRAINING_INK_SHARE[0]
+
+
 def test_strokes_already_like_training_are_left_alone() -> None:
     bitmap = np.zeros((BITMAP, BITMAP), dtype=np.float32)
     bitmap[:, 10:21] = 1.0  # 34% of the frame

@@ -207,3 +207,24 @@ def test_evaluate_reports_an_unreachable_service(small_evalset: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith("digitserve: cannot evaluate: ")
     assert "Traceback" not in result.stderr
+
+
+def test_evaluate_through_the_service_counts_refusals(live: LiveServer, tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "4_good.jpg").write_bytes((DATA_DIR / "4_64px.jpg").read_bytes())
+    Image.new("L", (64, 64), 255).save(tmp_path / "5_blank.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "digitserve", "evaluate", str(tmp_path), "--url", live.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"accuracy 0.5000 (1/2) on {tmp_path} via {live.url}"
+    assert any(
+        line.startswith("  refused   5_blank.png (true 5): blank_image: the image has no ink")
+        for line in lines
+    )

@@ -68,11 +68,14 @@ def test_plain_upscale_gives_back_the_original_features(
     assert np.abs(features_of(render(original, side, "JPEG")) - original).max() <= 1
 
 
-@pytest.mark.parametrize(("side", "fmt"), [(8, "JPEG"), (16, "PNG"), (64, "JPEG"), (256, "PNG")])
+@pytest.mark.parametrize(
+    ("side", "fmt", "count"),
+    [(8, "JPEG", 899), (16, "PNG", 899), (64, "JPEG", 60), (256, "PNG", 30)],
+)
 def test_already_framed_input_is_read_unchanged(
-    split: Split, render: Renderer, side: int, fmt: str
+    split: Split, render: Renderer, side: int, fmt: str, count: int
 ) -> None:
-    for original in split.x_test[:40].astype(np.int64):
+    for original in split.x_test[:count].astype(np.int64):
         image = decode_image(render(original, side, fmt), max_pixels=LIMIT)
         result = read_digit(image)
         assert not result.reframed

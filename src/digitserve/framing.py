@@ -77,7 +77,8 @@ FLAT_PAPER = 0.02
 """Paper whose fitted tone changes less than this across the image is taken as evenly lit."""
 
 STATISTICS_SIDE = 32
-"""Images at least twice this side have their levels measured on every other pixel."""
+"""Images at least twice this side have their levels measured on every other pixel, and a paper
+plane fitted (a smaller image is a thumbnail or a digital drawing, evenly lit)."""
 
 UNIFORM_TONE = 0.15
 UNIFORM_SHARE = 0.75
@@ -172,9 +173,9 @@ def measure_levels(colour: FloatArray) -> Levels:
     if ink_level < MIN_CONTRAST:
         return Levels(np.zeros(luminance.shape, np.float32), ink_level, inverted, False)
     planes: Sequence[FloatArray | np.float32] = paper
-    fitted = _fit_planes(sample, distance < 0.5 * ink_level, step, luminance.shape)
-    if fitted is not None:
-        planes = fitted
+    if min(luminance.shape) >= 2 * STATISTICS_SIDE:
+        fitted = _fit_planes(sample, distance < 0.5 * ink_level, step, luminance.shape)
+        planes = paper if fitted is None else fitted
     distance = _distance(colour, planes, relative=relative)
     deviation = luminance - sum(planes) / np.float32(channels)
     # Only pixels on the ink's side of the paper are ink: glare on dark-on-light paper is not.
@@ -207,7 +208,7 @@ def _extremes(values: FloatArray) -> tuple[float, float]:
 
 
 def _levels(distance: FloatArray) -> tuple[float, float]:
-    """Paper level (mean of the pixels nearer paper than ink) and ink level (99.8% quantile).
+    """Paper level (median of the pixels nearer paper than ink) and ink level (99.8% quantile).
 
     The paper level is the noise floor left after the paper plane; it is measured on the paper
     pixels only, as ink may cover more than half of a tightly cropped image.
@@ -216,7 +217,11 @@ def _levels(distance: FloatArray) -> tuple[float, float]:
     high = min(int(0.998 * len(flat)), len(flat) - 1)
     ink_level = float(np.partition(flat, high)[high])
     paper = flat[flat < 0.5 * ink_level]
-    return (float(paper.mean()) if len(paper) else 0.0), ink_level
+    if len(paper) == 0:
+        return 0.0, ink_level
+    # The median, not the mean: faint ink (a training digit's light cells) must not lift it.
+    middle = len(paper) // 2
+    return float(np.partition(paper, middle)[middle]), ink_level
 
 
 def _border(plane: FloatArray) -> FloatArray:
@@ -327,21 +332,24 @@ def frame(ink: FloatArray, marks: Marks) -> FloatArray:
     # The digit's box and a one-pixel border (the soft edge of its ink, or paper at the image's
     # edge), keeping only ink that belongs to the digit's marks.
     height_px, width_px = ink.shape
-    region = (slice(max(top - 1, 0), bottom + 2), slice(max(left - 1, 0), right + 2))
-    pads = (
-        (int(top == 0), int(bottom == height_px - 1)),
-        (int(left == 0), int(right == width_px - 1)),
+    mask = np.zeros((bottom - top + 3, right - left + 3), dtype=np.float32)
+    crop = np.zeros_like(mask)
+    rows = slice(max(top - 1, 0), min(bottom + 2, height_px))
+    columns = slice(max(left - 1, 0), min(right + 2, width_px))
+    inside = (
+        slice(rows.start - top + 1, rows.stop - top + 1),
+        slice(columns.start - left + 1, columns.stop - left + 1),
     )
-    mask = np.pad(marks.digit[region], pads)
-    near = ndimage.maximum_filter(mask, size=3)
-    crop = np.pad(ink[region], pads) * near
+    mask[inside] = marks.digit[rows, columns]
+    crop[inside] = ink[rows, columns]
+    crop *= _morph(mask, grow=True, square=True)
     slant, cy = _slant(crop)
-    rows = np.flatnonzero(mask.any(axis=1))
-    inked = mask[rows]
+    rows_inked = np.flatnonzero(mask.any(axis=1))
+    inked = mask[rows_inked] > 0
     firsts = inked.argmax(axis=1)
     lasts = inked.shape[1] - inked[:, ::-1].argmax(axis=1)
     # Pixel-edge coordinates: pixel i covers [i, i + 1); the shear pivots on the centre of mass.
-    lean = slant * (rows - cy)
+    lean = slant * (rows_inked - cy)
     x0 = float((firsts - lean).min())
     x1 = float((lasts - lean).max())
     # The top and bottom edges to a fraction of a pixel, from how much ink the edge rows hold: a
