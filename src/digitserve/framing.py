@@ -62,7 +62,7 @@ MAX_PEN_CHANGE = 6
 becomes a bold stroke, and a filled blob does not vanish."""
 
 SLANT_ALLOWED = 0.1
-"""Moment slant (x shift per row, per row of height) left alone. Training digits show some
+"""Moment slant (horizontal shift per row of height) left alone. Training digits show some
 (5th-95th percentile -0.16..0.25: a 7 leans one way, a 6 the other), so only slant beyond this is
 removed; 0.1 read the calibration set best (0 and 0.25 both lost 1-3 points on slanted digits)."""
 
@@ -86,13 +86,13 @@ UNIFORM_SHARE = 0.75
 `UNIFORM_TONE` of its median tone; otherwise ink covers much of it, and dark ink on light paper,
 the training convention, is assumed."""
 
-DARKEST_PAPER = 0.2
-"""Paper darker than this (of white) is not divided by: the ratio would only amplify noise."""
-
 UNIFORM_SHARE_SMALL = 0.97
 """At training-bitmap size and below (8x8 grids, 28x28 MNIST-style, 32x32 bitmaps) a digit leaves
 its margin clean: the border must be almost all one tone before the image is read as inverted,
 or a dense bitmap's black majority would pass for a blackboard."""
+
+DARKEST_PAPER = 0.2
+"""Paper darker than this (of white) is not divided by: the ratio would only amplify noise."""
 
 LOW_CONTRAST = 0.3
 """Ink standing less than this far from the paper (on the 0..1 scale of black on white) is faint."""
