@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install sysdeps serve test lint typecheck pytest bench train lock clean
+.PHONY: install sysdeps serve test lint typecheck pytest bench train evalset evaluate lock clean
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "digitserve needs Python 3.11 or newer")'
@@ -50,6 +50,13 @@ bench: $(STAMP)  ## the full benchmark (minutes; needs wrk): writes bench/result
 
 train: $(STAMP)  ## rebuild model/ and data/ reproducibly
 	$(BIN)/digitserve train
+
+evalset: $(STAMP)  ## render the evaluation set into evalset/ (git-ignored)
+	$(BIN)/digitserve make-evalset evalset $(ARGS)
+
+evaluate: $(STAMP)  ## plain pipeline vs digitserve on evalset/, report in evalset/report.md
+	$(BIN)/digitserve evaluate evalset --plain
+	$(BIN)/digitserve evaluate evalset --report evalset/report.md
 
 lock:  ## re-resolve requirements/*.txt from pyproject.toml in clean environments
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet --upgrade pip

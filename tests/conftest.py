@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from digitserve.app import create_app
 from digitserve.classifier import Classifier, load_classifier
+from digitserve.evalset import write_evalset
 from digitserve.preprocessing import render_digit
 from digitserve.settings import Settings
 from digitserve.training import Split, split_digits
@@ -84,3 +85,15 @@ def seven(split: Split) -> NDArray[np.int64]:
     index = int(np.flatnonzero(split.y_test == 7)[0])
     row: NDArray[np.int64] = split.x_test[index].astype(np.int64)
     return row
+
+
+EVALSET_PER_GROUP = 4
+"""Images per group in the tests' small evaluation set: enough for a format and a floor."""
+
+
+@pytest.fixture(scope="session")
+def small_evalset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small evaluation set (every group, a few held-out digits each), rendered once."""
+    folder = tmp_path_factory.mktemp("evalset")
+    write_evalset(folder, EVALSET_PER_GROUP, seed=0)
+    return folder

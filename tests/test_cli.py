@@ -24,7 +24,7 @@ def test_predict_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["predict", "--model", str(MODEL_PATH), str(DATA_DIR / "4_64px.jpg")])
     assert status == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["file", "label", "confidence"]
+    assert lines[0].split() == ["file", "label", "confidence", "warnings"]
     assert lines[1].split()[1] == "4"
 
 
@@ -83,3 +83,30 @@ def test_serve_refuses_a_model_with_the_wrong_sha256_in_one_line() -> None:
     [line] = result.stderr.splitlines()
     assert line.startswith(f"digitserve: cannot serve the model: {MODEL_PATH} has sha256 ")
     assert line.endswith(f"not the expected {expected}; refusing to load it")
+
+
+def test_predict_json_carries_warnings(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from PIL import Image, ImageOps
+
+    inverted = tmp_path / "chalk.png"
+    with Image.open(DATA_DIR / "3_256px.jpg") as image:
+        ImageOps.invert(ImageOps.expand(image.convert("L"), 60, fill=255)).save(inverted)
+    status = main(["predict", "--json", "--model", str(MODEL_PATH), str(inverted)])
+    assert status == 0
+    [result] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert result["label"] == 3
+    assert [w["code"] for w in result["warnings"]] == ["inverted_input"]
+    main(["predict", "--model", str(MODEL_PATH), str(inverted)])
+    assert capsys.readouterr().out.splitlines()[1].endswith("  inverted_input")
+
+
+def test_make_evalset_writes_a_manifest(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status = main(["make-evalset", str(tmp_path), "--per-group", "2", "--group", "canvas"])
+    assert status == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote {tmp_path / 'manifest.csv'}\n"
+    assert captured.err.rstrip().endswith("2/2")
+    assert len((tmp_path / "manifest.csv").read_text().splitlines()) == 3
+    status = main(["make-evalset", str(tmp_path), "--group", "watercolour"])
+    assert status == 2
+    assert "unknown group(s): watercolour" in capsys.readouterr().err

@@ -4,16 +4,21 @@ import base64
 import csv
 import io
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
 from digitserve.classifier import Classifier
+from digitserve.evaluation import evaluate, local_reader, read_samples, summarise
 from digitserve.training import Split
 from tests.conftest import DATA_DIR, Renderer
-from tests.live import LiveServer, start_server, stop_server
+from tests.live import LiveServer, free_port, start_server, stop_server
+from tests.test_evaluation import parse_groups
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +102,69 @@ def test_two_workers_serve_and_stop_cleanly() -> None:
             assert response.json()["predictions"][0]["label"] in range(10)
     finally:
         assert stop_server(server) == 0
+
+
+def test_evaluate_through_the_running_service_matches_the_local_run(
+    live: LiveServer, small_evalset: Path, classifier: Classifier
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "digitserve", "evaluate", str(small_evalset), "--url", live.url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.endswith(f"on {small_evalset} via {live.url}")
+    local = summarise(
+        evaluate(read_samples(small_evalset), local_reader(classifier, "digitserve", 40_000_000))
+    )
+    assert first.startswith(
+        f"accuracy {local.accuracy:.4f} ({local.correct}/{len(local.outcomes)})"
+    )
+    remote_groups = parse_groups(result.stdout)
+    assert remote_groups == {g.group: (g.images, round(g.accuracy, 4)) for g in local.groups}
+    assert "evaluating [" in result.stderr
+
+
+def test_evaluate_reports_an_unreachable_service(small_evalset: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitserve",
+            "evaluate",
+            str(small_evalset),
+            "--url",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("digitserve: cannot evaluate: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_through_the_service_counts_refusals(live: LiveServer, tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "4_good.jpg").write_bytes((DATA_DIR / "4_64px.jpg").read_bytes())
+    Image.new("L", (64, 64), 255).save(tmp_path / "5_blank.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "digitserve", "evaluate", str(tmp_path), "--url", live.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"accuracy 0.5000 (1/2) on {tmp_path} via {live.url}"
+    assert any(
+        line.startswith("  refused   5_blank.png (true 5): blank_image: the image has no ink")
+        for line in lines
+    )

@@ -9,6 +9,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
+from digitserve.classifier import Classifier
 from digitserve.errors import (
     BlankImage,
     ImageTooLarge,
@@ -24,6 +25,8 @@ from digitserve.preprocessing import (
     image_to_features,
     ink_intensity,
     pixels_to_features,
+    plain_features,
+    read_digit,
     render_digit,
     sniff_media_type,
     to_features,
@@ -66,6 +69,35 @@ def test_plain_upscale_gives_back_the_original_features(
     assert np.abs(features_of(render(original, side, "JPEG")) - original).max() <= 1
 
 
+@pytest.mark.parametrize(
+    ("side", "fmt", "count"),
+    [(8, "JPEG", 899), (16, "PNG", 899), (64, "JPEG", 60), (256, "PNG", 30)],
+)
+def test_already_framed_input_is_read_unchanged(
+    split: Split, render: Renderer, side: int, fmt: str, count: int
+) -> None:
+    for original in split.x_test[:count].astype(np.int64):
+        image = decode_image(render(original, side, fmt), max_pixels=LIMIT)
+        result = read_digit(image)
+        assert not result.reframed
+        assert result.warnings == ()
+        assert result.features.tolist() == plain_features(image).tolist()
+
+
+def test_a_drawing_with_margins_is_reframed(
+    seven: NDArray[np.int64], classifier: Classifier
+) -> None:
+    page = Image.new("L", (200, 150), 255)
+    page.paste(render_digit(seven, 64), (100, 40))
+    result = read_digit(page)
+    assert result.reframed
+    # Re-centred and stretched to the training frame: near the original, and read as a 7.
+    assert np.abs(result.features - seven).mean() < 2
+    assert np.abs(plain_features(page) - seven).mean() > 3
+    [prediction] = classifier.predict(result.features.reshape(1, -1))
+    assert prediction.label == 7
+
+
 def test_area_average_weighs_fractional_pixels() -> None:
     ink = np.zeros((12, 12), dtype=np.float32)
     ink[:, :6] = 1.0
@@ -85,7 +117,7 @@ def test_intensity_follows_the_rgb_distance_formula() -> None:
     red, grey = ink_intensity(colours)[0]
     assert red == pytest.approx(np.sqrt(2) / np.sqrt(3), abs=1e-6)
     assert grey == pytest.approx(127 / 255, abs=1e-6)
-    assert to_features(Image.new("RGB", (8, 8), (255, 0, 0))).tolist() == [13] * 64
+    assert plain_features(Image.new("RGB", (8, 8), (255, 0, 0))).tolist() == [13] * 64
 
 
 def test_greyscale_progressive_and_cmyk_jpegs_read_like_rgb(seven: NDArray[np.int64]) -> None:

@@ -1,4 +1,4 @@
-"""Command line: `digitserve serve | predict | train` (thin: parse, build settings, call)."""
+"""Command line: `digitserve serve | predict | train | make-evalset | evaluate` (thin)."""
 
 import argparse
 import json
@@ -79,6 +79,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-examples", dest="examples", action="store_const", const=None)
     train.set_defaults(run=_train)
+
+    evalset = commands.add_parser(
+        "make-evalset", help="render held-out digits the ways real images arrive, with a manifest"
+    )
+    evalset.add_argument(
+        "directory",
+        type=Path,
+        nargs="?",
+        default=Path("evalset"),
+        help="where to write (default %(default)s, ignored by git)",
+    )
+    evalset.add_argument(
+        "--per-group", type=int, default=200, help="images per group (default %(default)s)"
+    )
+    evalset.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    evalset.add_argument("--group", action="append", dest="groups", help="only this group")
+    evalset.set_defaults(run=_make_evalset)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="accuracy on a labelled folder, locally or through a running service"
+    )
+    evaluate.add_argument("source", type=Path, metavar="DIR_OR_MANIFEST")
+    evaluate.add_argument("--url", help="a running service (e.g. http://127.0.0.1:8000)")
+    evaluate.add_argument("--model", type=Path, dest="model_path", help="classifier pickle")
+    evaluate.add_argument(
+        "--plain",
+        action="store_true",
+        help="locally, use the plain reduction (no levels, no framing) instead of the service's",
+    )
+    evaluate.add_argument("--report", type=Path, help="write a markdown report (and a PNG)")
+    evaluate.add_argument(
+        "--show", type=int, default=10, help="slowest and worst images to list (%(default)s)"
+    )
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 
@@ -125,7 +159,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     """Classify files and print a table or JSON lines; exit 1 if any file could not be read."""
     from digitserve.classifier import load_classifier
-    from digitserve.preprocessing import image_to_features
+    from digitserve.diagnostics import confidence_warnings
+    from digitserve.preprocessing import preprocess_image
 
     settings = _settings(args)
     classifier = load_classifier(
@@ -136,10 +171,10 @@ def _predict(args: argparse.Namespace) -> int:
     )
     status = 0
     if not args.json:
-        print(f"{'file':40} {'label':>5} {'confidence':>10}")
+        print(f"{'file':40} {'label':>5} {'confidence':>10}  warnings")
     for path in args.files:
         try:
-            features = image_to_features(path.read_bytes(), max_pixels=settings.max_image_pixels)
+            read = preprocess_image(path.read_bytes(), max_pixels=settings.max_image_pixels)
         except (OSError, DigitserveError) as exc:
             status = 1
             message = exc.detail if isinstance(exc, DigitserveError) else exc.strerror
@@ -149,7 +184,10 @@ def _predict(args: argparse.Namespace) -> int:
             else:
                 print(f"{path!s:40} error: {message}", file=sys.stderr)
             continue
-        [prediction] = classifier.predict(features.reshape(1, -1))
+        [prediction] = classifier.predict(read.features.reshape(1, -1))
+        warnings = list(read.warnings)
+        if prediction.confidence is not None:
+            warnings.extend(confidence_warnings(prediction.scores))
         if args.json:
             print(
                 json.dumps(
@@ -158,12 +196,14 @@ def _predict(args: argparse.Namespace) -> int:
                         "label": prediction.label,
                         "confidence": prediction.confidence,
                         classifier.score_kind: prediction.scores,
+                        "warnings": [{"code": w.code, "message": w.message} for w in warnings],
                     }
                 )
             )
         else:
             confidence = "-" if prediction.confidence is None else f"{prediction.confidence:.3f}"
-            print(f"{path!s:40} {prediction.label!s:>5} {confidence:>10}")
+            codes = ", ".join(w.code for w in warnings)
+            print(f"{path!s:40} {prediction.label!s:>5} {confidence:>10}  {codes}".rstrip())
     return status
 
 
@@ -178,3 +218,84 @@ def _train(args: argparse.Namespace) -> int:
         f"held-out accuracy {card['training']['test_accuracy']:.4f}"
     )
     return 0
+
+
+def _make_evalset(args: argparse.Namespace) -> int:
+    """Render the evaluation set, with progress on stderr."""
+    from digitserve.evalset import write_evalset
+
+    progress = Progress("rendering")
+    try:
+        manifest = write_evalset(
+            args.directory, args.per_group, seed=args.seed, groups=args.groups, progress=progress
+        )
+    except ValueError as exc:
+        progress.done()
+        print(f"digitserve: {exc}", file=sys.stderr)
+        return 2
+    progress.done()
+    print(f"wrote {manifest}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Run a labelled folder through the model (here or at --url) and report accuracy."""
+    from digitserve import evaluation
+
+    try:
+        samples = evaluation.read_samples(args.source)
+    except (OSError, ValueError) as exc:
+        print(f"digitserve: {exc}", file=sys.stderr)
+        return 2
+    if args.url:
+        if args.plain:
+            print("digitserve: --plain is for local runs; a service uses its own", file=sys.stderr)
+            return 2
+        reader = evaluation.remote_reader(args.url)
+        source = f"{args.source} via {args.url}"
+    else:
+        from digitserve.classifier import load_classifier
+
+        settings = _settings(args)
+        classifier = load_classifier(settings.model_path, settings.model_name)
+        pipeline: evaluation.Pipeline = "plain" if args.plain else "digitserve"
+        reader = evaluation.local_reader(classifier, pipeline, settings.max_image_pixels)
+        source = f"{args.source} ({pipeline} pipeline, in process)"
+    progress = Progress("evaluating")
+    try:
+        outcomes = evaluation.evaluate(samples, reader, progress)
+    except OSError as exc:
+        progress.done()
+        print(f"digitserve: cannot evaluate: {exc}", file=sys.stderr)
+        return 1
+    progress.done()
+    summary = evaluation.summarise(outcomes, source, args.show)
+    print(evaluation.format_summary(summary), end="")
+    if args.report:
+        picture = evaluation.write_report(summary, args.report)
+        print(f"\nwrote {args.report} and {picture}")
+    return 0
+
+
+class Progress:
+    """A progress bar on stderr, redrawn in place, at most about 100 times per run."""
+
+    def __init__(self, label: str, width: int = 30) -> None:
+        self.label = label
+        self.width = width
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        """Redraw when the bar has moved by a percent (or at the end)."""
+        percent = 100 * done // max(total, 1)
+        if percent == self.shown and done != total:
+            return
+        self.shown = percent
+        filled = self.width * done // max(total, 1)
+        bar = "#" * filled + "-" * (self.width - filled)
+        print(f"\r{self.label} [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        """End the bar's line."""
+        if self.shown >= 0:
+            print(file=sys.stderr, flush=True)

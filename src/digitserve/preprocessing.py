@@ -1,7 +1,8 @@
 """Image bytes -> the (64,) vector of integers 0..16 the digits model was trained on.
 
-Pure functions: no HTTP, no model. Each step is its own function so that better framing of
-real-world photos can slot in between `ink_intensity` and `area_average` without touching the rest.
+Pure functions: no HTTP, no model. `read_digit` is the service's reading of an image: levels,
+polarity, marks and framing (`framing.py`), then the same area averaging and quantising as the
+plain reduction `plain_features`, which is kept for input already framed like the training data.
 """
 
 import functools
@@ -9,11 +10,14 @@ import io
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from digitserve import framing
+from digitserve.diagnostics import Diagnostic
 from digitserve.errors import (
     BlankImage,
     ImageTooLarge,
@@ -201,32 +205,114 @@ def quantise(grid: NDArray[np.float32]) -> Features:
     return levels.reshape(N_FEATURES)
 
 
-def to_features(image: Image.Image) -> Features:
-    """Turn a decoded image into the model's 64 integers; a page with no ink is refused.
+@dataclass(frozen=True, slots=True)
+class Preprocessed:
+    """What preprocessing made of one image: the model's features and warnings about the image."""
 
+    features: Features
+    warnings: tuple[Diagnostic, ...] = ()
+    reframed: bool = False
+    """True when the digit was located and framed; False when the image was read as framed."""
+
+
+def normalised(image: Image.Image) -> Image.Image:
+    """Bring any decoded mode to "L" or "RGB" (transparency on white), one band of rows at a time.
+
+    Converting a 40-megapixel 16-bit or transparent image whole would need several float or
+    RGBA copies of it; band by band, only the uint8 result is ever full size.
+    """
+    if image.mode in ("L", "RGB"):
+        return image
+    width, height = image.size
+    band = max(1, BAND_PIXELS // width)
+    if band >= height:
+        return _normalise_mode(image, _peak(image))
+    peak = _peak(image)
+    first = _normalise_mode(image.crop((0, 0, width, band)), peak)
+    result = Image.new(first.mode, (width, height))
+    result.paste(first, (0, 0))
+    for top in range(band, height, band):
+        strip = image.crop((0, top, width, min(height, top + band)))
+        result.paste(_normalise_mode(strip, peak), (0, top))
+    return result
+
+
+def plain_features(image: Image.Image) -> Features:
+    """The plain reduction: the whole image, area-averaged to 8x8, no levels and no framing.
+
+    Exact for input framed like the training data (8x8 grids, 32x32 bitmaps, their upscales).
     The image is read one band of rows at a time: area averaging is linear, so the sum over bands
     is the same grid, while the float working set stays bounded whatever the image size.
     """
+    image = normalised(image)
     width, height = image.size
     rows = _overlap_matrix(height, GRID)
     columns = _overlap_matrix(width, GRID)
     band = max(1, BAND_PIXELS // width)
-    peak = _peak(image)
     grid = np.zeros((GRID, GRID), dtype=np.float32)
     for top in range(0, height, band):
         bottom = min(height, top + band)
         strip = image if band >= height else image.crop((0, top, width, bottom))
-        ink = ink_intensity(_normalise_mode(strip, peak))
-        grid += rows[:, top:bottom] @ ink @ columns.T
+        grid += rows[:, top:bottom] @ ink_intensity(strip) @ columns.T
     features = quantise(grid)
     if not features.any():
         raise BlankImage("the image has no ink: every cell of the 8x8 grid is blank")
     return features
 
 
+def read_digit(image: Image.Image) -> Preprocessed:
+    """Read a decoded image the way the model needs it: levels, polarity, marks, framing.
+
+    Input already framed like the training data is read plainly (levels and polarity only).
+    """
+    image = normalised(image)
+    working = _working_image(image)
+    levels = framing.measure_levels(framing.to_array(np.asarray(working)))
+    marks = framing.find_marks(levels.ink) if levels.contrast >= framing.MIN_CONTRAST else None
+    if marks is None:
+        raise BlankImage("the image has no ink: nothing stands out from the paper")
+    if framing.already_framed(levels.ink, min(image.size)):
+        features = plain_features(image) if levels.clean else quantise(area_average(levels.ink))
+        diagnostics = framing.level_warnings(levels)
+        reframed = False
+    else:
+        canvas = framing.frame(levels.ink, marks)
+        features = quantise(area_average(canvas))
+        top, bottom, _, _ = marks.box
+        source_height = (bottom - top + 1) * image.height / working.height
+        diagnostics = framing.level_warnings(levels) + framing.framing_warnings(
+            marks, levels.ink.shape, source_height
+        )
+        reframed = True
+    if not features.any():
+        raise BlankImage("the image has no ink: every cell of the 8x8 grid is blank")
+    return Preprocessed(features, tuple(diagnostics), reframed)
+
+
+def _working_image(image: Image.Image) -> Image.Image:
+    """Reduce a large image by a whole factor (box average) to about `framing.WORK_SIDE`, in grey.
+
+    Luminance tells any usual ink from its paper (blue, red, green, graphite on white, grey or
+    kraft: measured on the evaluation set, no group lost an image) at a third of the work.
+    """
+    factor = -(-max(image.size) // framing.WORK_SIDE)
+    reduced = image.reduce(factor) if factor > 1 else image
+    return reduced.convert("L") if reduced.mode != "L" else reduced
+
+
+def to_features(image: Image.Image) -> Features:
+    """Turn a decoded image into the model's 64 integers; a page with no ink is refused."""
+    return read_digit(image).features
+
+
+def preprocess_image(data: bytes, *, max_pixels: int) -> Preprocessed:
+    """Decode and read one encoded image, with warnings."""
+    return read_digit(decode_image(data, max_pixels=max_pixels))
+
+
 def image_to_features(data: bytes, *, max_pixels: int) -> Features:
     """Decode and preprocess one encoded image."""
-    return to_features(decode_image(data, max_pixels=max_pixels))
+    return preprocess_image(data, max_pixels=max_pixels).features
 
 
 def pixels_to_features(values: object) -> Features:

@@ -48,6 +48,16 @@ class ModelRef(BaseModel):
     )
 
 
+class WarningBody(BaseModel):
+    """Something about the image that may have made it hard to read (the answer still stands)."""
+
+    code: str = Field(
+        description="Stable code; the model card's `warnings` lists every one with its meaning.",
+        examples=["low_contrast"],
+    )
+    message: str = Field(description="What was found, in words.")
+
+
 class PredictionBody(BaseModel):
     """One image's answer."""
 
@@ -67,6 +77,12 @@ class PredictionBody(BaseModel):
     pixels: list[list[int]] | None = Field(
         default=None,
         description="With `include=pixels`: the 8x8 grid of 0..16 the model actually saw.",
+    )
+    warnings: list[WarningBody] = Field(
+        default_factory=list,
+        description="Why the image may have been read poorly (empty when nothing was noticed): "
+        "inverted_input, low_contrast, mostly_empty, low_resolution, touches_border, "
+        "several_marks, low_confidence.",
     )
 
 
@@ -141,6 +157,9 @@ class ModelMetadata(BaseModel):
     preprocessing: list[str]
     limits: dict[str, int]
     endpoints: dict[str, str]
+    warnings: dict[str, str] = Field(
+        default_factory=dict, description="Every warning code a prediction can carry, explained."
+    )
 
 
 class ModelList(BaseModel):

@@ -15,6 +15,8 @@ from sklearn.svm import SVC
 
 from digitserve.app import create_app
 from digitserve.classifier import Classifier, load_classifier
+from digitserve.diagnostics import LOW_CONFIDENCE_MARGIN, WARNING_CODES
+from digitserve.evalset import compose, paper, place, smooth_ink
 from digitserve.routes.v1 import decodes_quickly
 from digitserve.schemas import ModelMetadata, PredictResponse, Problem
 from digitserve.settings import Settings
@@ -58,6 +60,7 @@ def test_jpeg_body(client: TestClient, seven: NDArray[np.int64], render: Rendere
     )
     assert prediction.pixels is None
     assert "pixels" not in response.json()["predictions"][0]
+    assert response.json()["predictions"][0]["warnings"] == []
 
 
 def test_png_body_with_pixels(
@@ -153,6 +156,8 @@ def test_model_card(client: TestClient) -> None:
         "application/json",
     }
     assert card["endpoints"]["predict"] == "POST /v1/models/digits:predict"
+    assert card["warnings"] == WARNING_CODES
+    assert "warnings" in card["output"]
     assert response.json()["training"]["test_accuracy"] >= 0.98
     assert client.get("/v1/models").json() == {"models": [response.json()]}
 
@@ -422,3 +427,52 @@ def test_large_images_are_preprocessed_under_the_thread_bound(
         assert response.status_code == 200
         assert response.json()["predictions"][0]["label"] == 7
         assert limiter.borrowed_tokens == 0
+
+
+def test_warnings_describe_a_poor_image(client: TestClient, seven: NDArray[np.int64]) -> None:
+    rng = np.random.default_rng(0)
+    chalk = compose(
+        place(smooth_ink(seven, 40), (400, 300), (375, 20)),
+        paper((400, 300), (40, 60, 50), 0.0, rng),
+        (120, 130, 120),
+        rng=rng,
+    )
+    response = client.post(
+        PREDICT, content=encode(chalk, "PNG"), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 200
+    [prediction] = PredictResponse.model_validate(response.json()).predictions
+    codes = [warning.code for warning in prediction.warnings]
+    assert codes[:4] == ["inverted_input", "low_contrast", "mostly_empty", "touches_border"]
+    assert set(codes) <= set(WARNING_CODES)
+    messages = {warning.code: warning.message for warning in prediction.warnings}
+    assert messages["inverted_input"] == WARNING_CODES["inverted_input"]
+    assert messages["mostly_empty"] == (
+        "the digit covers 0.5% of the image; it was cut out and enlarged"
+    )
+
+
+def test_low_confidence_follows_the_top_two_probabilities(client: TestClient, split: Split) -> None:
+    zero, one = (split.x_test[split.y_test == digit][0] for digit in (0, 1))
+    blends = [np.rint(zero * (1 - w) + one * w).astype(int).tolist() for w in np.linspace(0, 1, 9)]
+    response = client.post(PREDICT, json={"instances": blends})
+    assert response.status_code == 200
+    flagged = []
+    for prediction in response.json()["predictions"]:
+        first, second = sorted(prediction["probabilities"].values(), reverse=True)[:2]
+        codes = [warning["code"] for warning in prediction["warnings"]]
+        assert codes == (["low_confidence"] if first - second < LOW_CONFIDENCE_MARGIN else [])
+        flagged.append(bool(codes))
+    assert flagged[0] is False
+    assert any(flagged)
+
+
+def test_no_confidence_warning_without_probabilities(tmp_path: Path, split: Split) -> None:
+    import pickle
+
+    path = tmp_path / "plain.pickle"
+    path.write_bytes(pickle.dumps(SVC(gamma=0.001).fit(split.x_train, split.y_train)))
+    blend = np.rint((split.x_test[0] + split.x_test[1]) / 2).astype(int).tolist()
+    with TestClient(create_app(Settings(model_path=path), load_classifier(path))) as client:
+        response = client.post(PREDICT, json={"instances": [blend]})
+    assert response.json()["predictions"][0]["warnings"] == []

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
 from digitserve.dependencies import ClassifierDep, MetricsDep, PreprocessLimiterDep, SettingsDep
+from digitserve.diagnostics import WARNING_CODES, confidence_warnings
 from digitserve.errors import (
     PROBLEM_MEDIA_TYPE,
     DigitserveError,
@@ -30,11 +31,11 @@ from digitserve.preprocessing import (
     ACCEPTED_MEDIA_TYPES,
     GRID,
     LEVELS,
-    Features,
+    Preprocessed,
     declared_pixels,
     decode_image,
     pixels_to_features,
-    to_features,
+    read_digit,
 )
 from digitserve.routes.bodies import media_type_of, parse_multipart, read_body
 from digitserve.schemas import (
@@ -67,11 +68,21 @@ INLINE_JSON_BYTES = 64 * 1024
 
 PREPROCESSING_STEPS = [
     "Decode the JPEG or PNG (EXIF orientation applied, transparency composited onto white).",
-    "Per pixel, ink = sqrt(((255-r)/255)^2 + ((255-g)/255)^2 + ((255-b)/255)^2) / sqrt(3), "
-    "from 0 (white) to 1 (black).",
+    "Levels (on a grey copy of at most 128 pixels a side): estimate the paper tone (border "
+    "median, then a plane through the paper pixels for uneven light) and which side the ink is "
+    "on; ink is how far a pixel is from the paper under it, stretched so the ink reads 1 and the "
+    "paper 0. Light ink on a dark ground is read the same way (and flagged inverted_input).",
+    "Marks: connected ink marks; specks dropped, the largest mark and those close to it kept, "
+    "others ignored (several_marks).",
+    "Already framed like the training data (ink touching top and bottom, as in every load_digits "
+    "digit)? Read plainly: per pixel ink = sqrt(((255-r)/255)^2 + ((255-g)/255)^2 + "
+    "((255-b)/255)^2) / sqrt(3) on clean white paper, else the stretched ink.",
+    "Otherwise frame it: cut out the ink box, remove slant beyond what training digits show, map "
+    "the box to the full height of a 64x64 frame and at most 20/32 of its width (centred), and "
+    "thicken or thin strokes toward the training ink share (26-36% of the frame).",
     "Reduce to an 8x8 grid by area averaging (each training value counts the inked pixels of a "
-    "4x4 block of a 32x32 bitmap).",
-    "Map each cell to an integer 0..16 and read the grid row by row into 64 features.",
+    "4x4 block of a 32x32 bitmap), map each cell to an integer 0..16 and read the grid row by row "
+    "into 64 features.",
 ]
 
 
@@ -151,7 +162,9 @@ def describe_model(classifier: Classifier, settings: Settings) -> dict[str, Any]
             "confidence": "probability of label (null when scores are decision_scores)",
             classifier.score_kind: "one score per class, keyed by class label",
             "pixels": "with ?include=pixels, the 8x8 grid the model saw",
+            "warnings": "list of {code, message}: what may have made the image hard to read",
         },
+        "warnings": dict(WARNING_CODES),
         "preprocessing": PREPROCESSING_STEPS,
         "limits": {
             "max_body_bytes": settings.max_body_bytes,
@@ -238,11 +251,11 @@ async def predict(
     setattr(state, BODY_BYTES_KEY, len(body))
     decode = _request_decoder(media_type, options, body, settings, metrics)
     if decodes_quickly(media_type, body):
-        features = decode()
+        items = decode()
     else:
-        features = await anyio.to_thread.run_sync(decode, limiter=limiter)
-    setattr(state, IMAGES_KEY, len(features))
-    batch = np.stack(features)
+        items = await anyio.to_thread.run_sync(decode, limiter=limiter)
+    setattr(state, IMAGES_KEY, len(items))
+    batch = np.stack([item.features for item in items])
     started = time.perf_counter()
     predictions = classifier.predict(batch)
     metrics.observe_predictions(
@@ -255,8 +268,8 @@ async def predict(
             "scores": classifier.score_kind,
         },
         "predictions": [
-            _prediction_body(prediction, row, classifier, with_pixels=bool(include))
-            for prediction, row in zip(predictions, batch, strict=True)
+            _prediction_body(prediction, item, classifier, with_pixels=bool(include))
+            for prediction, item in zip(predictions, items, strict=True)
         ],
     }
     return Response(orjson.dumps(content), media_type="application/json")
@@ -295,22 +308,26 @@ def _check_model_name(model_name: str, classifier: Classifier) -> None:
 
 
 def _prediction_body(
-    prediction: Prediction, row: Features, classifier: Classifier, *, with_pixels: bool
+    prediction: Prediction, item: Preprocessed, classifier: Classifier, *, with_pixels: bool
 ) -> dict[str, Any]:
-    """One prediction as JSON."""
+    """One prediction as JSON, with the image's warnings and the model's own hesitation."""
+    diagnostics = list(item.warnings)
+    if classifier.score_kind == "probabilities":
+        diagnostics.extend(confidence_warnings(prediction.scores))
     body: dict[str, Any] = {
         "label": prediction.label,
         "confidence": prediction.confidence,
         classifier.score_kind: prediction.scores,
+        "warnings": [{"code": d.code, "message": d.message} for d in diagnostics],
     }
     if with_pixels:
-        body["pixels"] = row.reshape(GRID, GRID).tolist()
+        body["pixels"] = item.features.reshape(GRID, GRID).tolist()
     return body
 
 
 def _request_decoder(
     media_type: str, options: dict[bytes, bytes], body: bytes, settings: Settings, metrics: Metrics
-) -> Callable[[], list[Features]]:
+) -> Callable[[], list[Preprocessed]]:
     """Pick how to turn this body into feature rows; the returned call does the CPU work."""
     max_pixels = settings.max_image_pixels
     limit = settings.max_images_per_request
@@ -326,7 +343,7 @@ def _request_decoder(
 
 def _multipart_features(
     body: bytes, boundary: bytes, max_pixels: int, limit: int, metrics: Metrics
-) -> list[Features]:
+) -> list[Preprocessed]:
     """Features of every `image` part, in order."""
     parts = parse_multipart(body, boundary, max_parts=limit)
     unexpected = sorted({part.name for part in parts if part.name != MULTIPART_FIELD})
@@ -343,7 +360,9 @@ def _multipart_features(
     ]
 
 
-def _json_features(body: bytes, max_pixels: int, limit: int, metrics: Metrics) -> list[Features]:
+def _json_features(
+    body: bytes, max_pixels: int, limit: int, metrics: Metrics
+) -> list[Preprocessed]:
     """Features of every JSON instance, in order."""
     try:
         document = orjson.loads(body)
@@ -364,8 +383,8 @@ def _json_features(body: bytes, max_pixels: int, limit: int, metrics: Metrics) -
     ]
 
 
-def _instance_features(instance: object, max_pixels: int, metrics: Metrics) -> Features:
-    """One JSON instance: {"b64": image} or ready-made pixels."""
+def _instance_features(instance: object, max_pixels: int, metrics: Metrics) -> Preprocessed:
+    """One JSON instance: {"b64": image} or ready-made pixels (which carry no image warnings)."""
     if isinstance(instance, dict):
         if set(instance) != {"b64"} or not isinstance(instance["b64"], str):
             raise InvalidInput('an image instance must be {"b64": "<base64 string>"}')
@@ -374,29 +393,29 @@ def _instance_features(instance: object, max_pixels: int, metrics: Metrics) -> F
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput("b64 is not valid base64") from exc
         return _image_features(data, max_pixels, metrics)
-    return pixels_to_features(instance)
+    return Preprocessed(pixels_to_features(instance))
 
 
-def _image_features(data: bytes, max_pixels: int, metrics: Metrics) -> Features:
-    """One encoded image's features, recording its size and the decode and preprocess times."""
+def _image_features(data: bytes, max_pixels: int, metrics: Metrics) -> Preprocessed:
+    """One encoded image, read, recording its size and the decode and preprocess times."""
     metrics.image_bytes.observe(len(data))
     started = time.perf_counter()
     image = decode_image(data, max_pixels=max_pixels)
     decoded = time.perf_counter()
-    features = to_features(image)
+    item = read_digit(image)
     metrics.decode_seconds.observe(decoded - started)
     metrics.preprocess_seconds.observe(time.perf_counter() - decoded)
-    return features
+    return item
 
 
 def _itemised(
     index: int,
     filename: str | None,
-    work: Callable[[Item, int, Metrics], Features],
+    work: Callable[[Item, int, Metrics], Preprocessed],
     item: Item,
     max_pixels: int,
     metrics: Metrics,
-) -> Features:
+) -> Preprocessed:
     """Run one item's preprocessing, naming the item in any error it raises."""
     try:
         return work(item, max_pixels, metrics)
