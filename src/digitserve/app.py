@@ -102,6 +102,9 @@ def create_app(
         lifespan=lifespan,
         static_url="/docs-assets",
         redoc_url="/redoc",
+        # The service exports Prometheus metrics of its own; FastAPI's OpenTelemetry hooks would
+        # look up tracer and meter providers (and the environment) on every request for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.classifier = None

@@ -138,10 +138,11 @@ def _peak(image: Image.Image) -> float:
     """The white level of a wide-integer image, decided once for the whole image, else 255."""
     if not image.mode.startswith("I"):
         return 255.0
-    if image.mode.startswith("I;16"):
-        return 65535.0
-    extrema = image.getextrema()
-    highest = extrema[1] if isinstance(extrema[1], int | float) else 255
+    try:
+        extrema = image.getextrema()
+        highest = extrema[1] if isinstance(extrema[1], int | float) else 255
+    except ValueError:  # Pillow has no extrema for big-endian 16-bit ("I;16B")
+        highest = int(np.asarray(image).max())
     return 65535.0 if highest > 255 else 255.0
 
 
