@@ -449,6 +449,65 @@ def corpus() -> tuple[Hostile, ...]:
             label=GOOD_LABEL,
             headers={"X-Request-ID": "r" * 4096},
         ),
+        *_lying_inference_headers(),
+    )
+
+
+INFER = "/v2/models/digits/infer"
+
+
+def _lying_inference_headers() -> tuple[Hostile, ...]:
+    """Open Inference Protocol binary requests whose sizes do not add up: each a 400."""
+    header = _json(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [1, 64],
+                    "datatype": "INT32",
+                    "parameters": {"binary_data_size": 256},
+                }
+            ]
+        }
+    )
+    whole = header + b"\0" * 256
+
+    def lying(name: str, body: bytes, length: str) -> Hostile:
+        return Hostile(
+            f"inference header {name}",
+            body,
+            None,
+            400,
+            BAD_INPUT,
+            path=INFER,
+            headers={"Inference-Header-Content-Length": length},
+        )
+
+    return (
+        lying("length past the body", whole, "999999"),
+        lying("length inside the JSON", whole, "10"),
+        lying("length not a number", whole, "abc"),
+        lying("length negative", whole, "-5"),
+        lying("binary_data_size past the body", header + b"\0" * 100, str(len(header))),
+        Hostile(
+            "inference image tensor with a bomb PNG",
+            _json(
+                {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": [base64.b64encode(png_header_claiming(30000, 30000)).decode()],
+                        }
+                    ]
+                }
+            ),
+            JSON,
+            413,
+            "image_too_large",
+            path=INFER,
+        ),
     )
 
 
