@@ -37,7 +37,31 @@ def get_preprocess_limiter(request: Request) -> CapacityLimiter:
     return limiter
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-PreprocessLimiterDep = Annotated[CapacityLimiter, Depends(get_preprocess_limiter)]
-ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+# FastAPI runs a plain `def` dependency on a worker thread: four thread hops per request for four
+# attribute reads. The async twins below run inline on the event loop.
+
+
+async def _settings(request: Request) -> Settings:
+    """`get_settings`, inline."""
+    return get_settings(request)
+
+
+async def _classifier(request: Request) -> Classifier:
+    """`get_classifier`, inline."""
+    return get_classifier(request)
+
+
+async def _metrics(request: Request) -> Metrics:
+    """`get_metrics`, inline."""
+    return get_metrics(request)
+
+
+async def _preprocess_limiter(request: Request) -> CapacityLimiter:
+    """`get_preprocess_limiter`, inline."""
+    return get_preprocess_limiter(request)
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+PreprocessLimiterDep = Annotated[CapacityLimiter, Depends(_preprocess_limiter)]
+ClassifierDep = Annotated[Classifier, Depends(_classifier)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
