@@ -4,6 +4,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from digitserve.errors import PROBLEM_MEDIA_TYPE
+
 Include = Literal["pixels"]
 
 
@@ -341,6 +343,20 @@ class ModelReady(BaseModel):
 
     name: str
     ready: bool
+
+
+def problem_responses(
+    descriptions: dict[int, str], *statuses: int
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can answer with, as problem+json."""
+    return {
+        status: {
+            "model": Problem,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "description": descriptions[status],
+        }
+        for status in statuses
+    }
 
 
 REQUEST_SCHEMAS: tuple[type[BaseModel], ...] = (PredictRequest, InferenceRequest)

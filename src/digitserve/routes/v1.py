@@ -16,7 +16,6 @@ from digitserve.classifier import Classifier, Prediction
 from digitserve.dependencies import ClassifierDep, MetricsDep, PreprocessLimiterDep, SettingsDep
 from digitserve.diagnostics import WARNING_CODES, confidence_warnings
 from digitserve.errors import (
-    PROBLEM_MEDIA_TYPE,
     DigitserveError,
     InvalidInput,
     MethodNotAllowed,
@@ -44,7 +43,7 @@ from digitserve.schemas import (
     ModelList,
     ModelMetadata,
     PredictResponse,
-    Problem,
+    problem_responses,
 )
 from digitserve.settings import Settings
 
@@ -88,11 +87,7 @@ PREPROCESSING_STEPS = [
 
 def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can answer with."""
-    return {
-        status: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}, "description": description}
-        for status, description in _STATUS_DESCRIPTIONS.items()
-        if status in statuses
-    }
+    return problem_responses(_STATUS_DESCRIPTIONS, *statuses)
 
 
 _STATUS_DESCRIPTIONS = {

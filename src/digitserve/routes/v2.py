@@ -18,7 +18,6 @@ from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
 from digitserve.dependencies import ClassifierDep, get_classifier, get_settings
 from digitserve.errors import (
-    PROBLEM_MEDIA_TYPE,
     DigitserveError,
     InvalidInput,
     ModelNotFound,
@@ -45,10 +44,10 @@ from digitserve.schemas import (
     InferenceResponse,
     ModelMetadataV2,
     ModelReady,
-    Problem,
     ServerLive,
     ServerMetadataV2,
     ServerReady,
+    problem_responses,
 )
 from digitserve.settings import Settings
 
@@ -91,14 +90,7 @@ _STATUS_DESCRIPTIONS = {
 
 def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can answer with."""
-    return {
-        status: {
-            "model": Problem,
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-            "description": _STATUS_DESCRIPTIONS[status],
-        }
-        for status in statuses
-    }
+    return problem_responses(_STATUS_DESCRIPTIONS, *statuses)
 
 
 _BINARY_SCHEMA = {"type": "string", "format": "binary"}
