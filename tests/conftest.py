@@ -42,10 +42,14 @@ def settings() -> Settings:
     return Settings(model_path=MODEL_PATH)
 
 
-@pytest.fixture
-def app(settings: Settings, classifier: Classifier) -> FastAPI:
-    """An app from the factory, reusing the session's model."""
-    return create_app(settings, classifier)
+@pytest.fixture(params=[True, False], ids=["direct", "framework"])
+def app(request: pytest.FixtureRequest, settings: Settings, classifier: Classifier) -> FastAPI:
+    """An app from the factory, reusing the session's model.
+
+    Every test of it runs twice: with the prediction routes served directly (as in production,
+    see `routes.direct`) and by FastAPI's router, which declares them; both must answer alike.
+    """
+    return create_app(settings, classifier, direct_routes=request.param)
 
 
 @pytest.fixture

@@ -37,8 +37,9 @@ from digitserve.errors import (
 from digitserve.hardening import ApiKeyMiddleware, SecurityHeadersMiddleware
 from digitserve.logs import REQUEST_ID
 from digitserve.metrics import Metrics
-from digitserve.middleware import ERROR_CODE_KEY, TrafficMiddleware
+from digitserve.middleware import TrafficMiddleware
 from digitserve.routes import health, metrics, page, v1, v2
+from digitserve.routes.direct import DirectRoute, DirectRoutes, problem_response
 from digitserve.schemas import REQUEST_SCHEMAS
 from digitserve.settings import Settings
 from digitserve.shutdown import drain_on_sigterm
@@ -57,13 +58,26 @@ and its input contract; every error is an RFC 9457 problem document whose `code`
 """
 
 
+DIRECT_ROUTES = (
+    DirectRoute("/v1/models/{model_name}:predict", v1.predict_request),
+    DirectRoute("/v2/models/{model_name}/infer", v2.infer),
+    DirectRoute("/v2/models/{model_name}/versions/{model_version}/infer", v2.infer_version),
+)
+"""The prediction routes, served by `DirectRoutes` (FastAPI declares them for OpenAPI)."""
+
+
 def create_app(
-    settings: Settings, classifier: Classifier | None = None, *, handle_sigterm: bool = False
+    settings: Settings,
+    classifier: Classifier | None = None,
+    *,
+    handle_sigterm: bool = False,
+    direct_routes: bool = True,
 ) -> FastAPI:
     """Build the service; the model is loaded in the lifespan unless one is handed in.
 
     `handle_sigterm` (for the process that runs the server, not for tests or Ray) drains on
-    SIGTERM: see `digitserve.shutdown`.
+    SIGTERM: see `digitserve.shutdown`. `direct_routes=False` leaves the prediction routes to
+    FastAPI, as tests do to check that both paths answer alike.
     """
 
     @asynccontextmanager
@@ -121,6 +135,8 @@ def create_app(
     app.add_exception_handler(DigitserveError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    if direct_routes:
+        app.add_middleware(DirectRoutes, routes=DIRECT_ROUTES)
     ring = key_ring(settings.all_api_keys(), protect_probes=settings.auth_probes)
     if ring is not None:
         app.add_middleware(ApiKeyMiddleware, ring=ring)
@@ -227,22 +243,10 @@ class RequestContextMiddleware:
             await response(scope, receive, send_with_id)
 
 
-def _problem_response(request: Request, error: DigitserveError) -> Response:
-    """Render any error in the one envelope."""
-    request_id = getattr(request.state, "request_id", None)
-    setattr(request.state, ERROR_CODE_KEY, error.code)
-    return Response(
-        orjson.dumps(problem(error, request_id)),
-        status_code=error.status,
-        media_type=PROBLEM_MEDIA_TYPE,
-        headers=error.headers,
-    )
-
-
 async def _service_error(request: Request, exc: Exception) -> Response:
     """The service's own errors."""
     assert isinstance(exc, DigitserveError)  # noqa: S101 - registered for this class only
-    return _problem_response(request, exc)
+    return problem_response(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -259,7 +263,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         error = DigitserveError(str(exc.detail), headers=dict(exc.headers or {}))
         error.status = exc.status_code  # type: ignore[misc]
-    return _problem_response(request, error)
+    return problem_response(request, error)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -268,7 +272,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     reasons = "; ".join(
         f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
     )
-    return _problem_response(request, InvalidInput(f"invalid request: {reasons}"))
+    return problem_response(request, InvalidInput(f"invalid request: {reasons}"))
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

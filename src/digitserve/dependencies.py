@@ -37,8 +37,9 @@ def get_preprocess_limiter(request: Request) -> CapacityLimiter:
     return limiter
 
 
-# FastAPI runs a plain `def` dependency on a worker thread: four thread hops per request for four
-# attribute reads. The async twins below run inline on the event loop.
+# FastAPI runs a plain `def` dependency on a worker thread: a thread hop per request for an
+# attribute read. The async twins below run inline on the event loop. (The prediction routes use
+# none: they call the getters directly, see `routes.direct`.)
 
 
 async def _settings(request: Request) -> Settings:
@@ -56,12 +57,6 @@ async def _metrics(request: Request) -> Metrics:
     return get_metrics(request)
 
 
-async def _preprocess_limiter(request: Request) -> CapacityLimiter:
-    """`get_preprocess_limiter`, inline."""
-    return get_preprocess_limiter(request)
-
-
 SettingsDep = Annotated[Settings, Depends(_settings)]
-PreprocessLimiterDep = Annotated[CapacityLimiter, Depends(_preprocess_limiter)]
 ClassifierDep = Annotated[Classifier, Depends(_classifier)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]

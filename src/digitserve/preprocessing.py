@@ -94,11 +94,11 @@ def declared_pixels(data: bytes) -> int | None:
     return width * height
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode JPEG or PNG bytes into an upright image, in whatever mode the file has.
+def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Read a JPEG or PNG header: its format, its size and the limits, before any pixel is decoded.
 
-    The pixel limit is checked from the header before any pixel is decoded (decompression bombs).
-    `to_features` brings the mode to "L" or "RGB" one band of rows at a time.
+    Opening costs as much as decoding a small image, so the service opens each image once: the
+    size says whether decoding is cheap enough for the event loop, then `load_image` decodes it.
     """
     media_type = sniff_media_type(data)
     if media_type not in _PILLOW_FORMAT:
@@ -112,26 +112,45 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[media_type]])
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLarge(
-                f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
-                limit=max_pixels,
-            )
-        if width < GRID or height < GRID:
-            raise ImageTooSmall(f"image is {width}x{height}; a digit needs at least {GRID}x{GRID}")
-        if image.format == "JPEG":
-            image.draft(None, (DRAFT_SIDE, DRAFT_SIDE))
-        image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(
             f"image header declares too many pixels; the limit is {max_pixels}", limit=max_pixels
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidImage(
-            f"could not decode the {media_type} image: it is truncated or corrupt"
-        ) from exc
+        raise _undecodable(media_type) from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+            limit=max_pixels,
+        )
+    if width < GRID or height < GRID:
+        raise ImageTooSmall(f"image is {width}x{height}; a digit needs at least {GRID}x{GRID}")
+    return image
+
+
+def load_image(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an image from `open_image`, upright (EXIF orientation applied).
+
+    A large JPEG is decoded at a reduced DCT scale (`DRAFT_SIDE`). The result is in whatever mode
+    the file has; `normalised` brings it to "L" or "RGB" one band of rows at a time.
+    """
+    try:
+        if image.format == "JPEG":
+            image.draft(None, (DRAFT_SIDE, DRAFT_SIDE))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _undecodable("image/png" if image.format == "PNG" else "image/jpeg") from exc
     return ImageOps.exif_transpose(image)
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode JPEG or PNG bytes into an upright image: `open_image`, then `load_image`."""
+    return load_image(open_image(data, max_pixels=max_pixels))
+
+
+def _undecodable(media_type: str) -> InvalidImage:
+    return InvalidImage(f"could not decode the {media_type} image: it is truncated or corrupt")
 
 
 def _peak(image: Image.Image) -> float:

@@ -2,18 +2,27 @@
 
 import base64
 import binascii
+import functools
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 import anyio.to_thread
 import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request, Response
+from PIL import Image
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dependencies import ClassifierDep, MetricsDep, PreprocessLimiterDep, SettingsDep
+from digitserve.dependencies import (
+    ClassifierDep,
+    SettingsDep,
+    get_classifier,
+    get_metrics,
+    get_preprocess_limiter,
+    get_settings,
+)
 from digitserve.diagnostics import WARNING_CODES, confidence_warnings
 from digitserve.errors import (
     DigitserveError,
@@ -32,7 +41,8 @@ from digitserve.preprocessing import (
     LEVELS,
     Preprocessed,
     declared_pixels,
-    decode_image,
+    load_image,
+    open_image,
     pixels_to_features,
     read_digit,
 )
@@ -50,6 +60,9 @@ from digitserve.settings import Settings
 router = APIRouter(prefix="/v1", tags=["v1"])
 
 Item = TypeVar("Item")
+
+INCLUDE_VALUES = get_args(Include)
+"""What `?include=` may ask for."""
 
 REQUEST_MEDIA_TYPES = (*ACCEPTED_MEDIA_TYPES, "multipart/form-data", "application/json")
 """What `:predict` reads; anything else is 415 before the body is read."""
@@ -223,16 +236,21 @@ async def list_models(classifier: ClassifierDep, settings: SettingsDep) -> dict[
 async def predict(
     request: Request,
     model_name: str,
-    classifier: ClassifierDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    limiter: PreprocessLimiterDep,
     include: Annotated[
         list[Include] | None,
         Query(description="`pixels` adds the 8x8 grid the model saw to each prediction."),
     ] = None,
 ) -> Response:
     """Classify a raw image body, multipart files, or JSON instances; answers keep request order."""
+    return await predict_request(request, model_name)
+
+
+async def predict_request(request: Request, model_name: str) -> Response:
+    """`predict`, reading its query and the app's state itself (see `routes.direct`)."""
+    with_pixels = _with_pixels(request)
+    classifier = get_classifier(request)
+    settings = get_settings(request)
+    metrics = get_metrics(request)
     _check_model_name(model_name, classifier)
     media_type, options = media_type_of(request.headers.get("content-type"))
     if media_type not in REQUEST_MEDIA_TYPES:
@@ -244,11 +262,21 @@ async def predict(
     body = await read_body(request, settings.max_body_bytes)
     state = request.state
     setattr(state, BODY_BYTES_KEY, len(body))
-    decode = _request_decoder(media_type, options, body, settings, metrics)
-    if decodes_quickly(media_type, body):
-        items = decode()
+    decode: Callable[[], list[Preprocessed]]
+    if media_type in ACCEPTED_MEDIA_TYPES:
+        # Opened once, here: the header's size says where to decode, and a bad header is
+        # answered at once.
+        image = _opened(body, settings.max_image_pixels, metrics)
+        quick = image.width * image.height <= INLINE_PIXELS
+        decode = functools.partial(_read_all, [image], metrics)
     else:
-        items = await anyio.to_thread.run_sync(decode, limiter=limiter)
+        quick = decodes_quickly(media_type, body)
+        decode = _request_decoder(media_type, options, body, settings, metrics)
+    items = (
+        decode()
+        if quick
+        else await anyio.to_thread.run_sync(decode, limiter=get_preprocess_limiter(request))
+    )
     setattr(state, IMAGES_KEY, len(items))
     batch = np.stack([item.features for item in items])
     started = time.perf_counter()
@@ -263,7 +291,7 @@ async def predict(
             "scores": classifier.score_kind,
         },
         "predictions": [
-            _prediction_body(prediction, item, classifier, with_pixels=bool(include))
+            _prediction_body(prediction, item, classifier, with_pixels=with_pixels)
             for prediction, item in zip(predictions, items, strict=True)
         ],
     }
@@ -296,6 +324,18 @@ def decodes_quickly(media_type: str, body: bytes) -> bool:
     return False
 
 
+def _with_pixels(request: Request) -> bool:
+    """Whether `?include=pixels` was asked for; any other `include` value is a 400."""
+    values = request.query_params.getlist("include")
+    for index, value in enumerate(values):
+        if value not in INCLUDE_VALUES:
+            expected = " or ".join(repr(choice) for choice in INCLUDE_VALUES)
+            raise InvalidInput(
+                f"invalid request: query.include.{index}: Input should be {expected}"
+            )
+    return bool(values)
+
+
 def _check_model_name(model_name: str, classifier: Classifier) -> None:
     """404 for any name but the hosted model's."""
     if model_name != classifier.name:
@@ -323,11 +363,9 @@ def _prediction_body(
 def _request_decoder(
     media_type: str, options: dict[bytes, bytes], body: bytes, settings: Settings, metrics: Metrics
 ) -> Callable[[], list[Preprocessed]]:
-    """Pick how to turn this body into feature rows; the returned call does the CPU work."""
+    """Pick how to turn a multipart or JSON body into feature rows; the call does the CPU work."""
     max_pixels = settings.max_image_pixels
     limit = settings.max_images_per_request
-    if media_type in ACCEPTED_MEDIA_TYPES:
-        return lambda: [_image_features(body, max_pixels, metrics)]
     if media_type == "multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
@@ -393,9 +431,24 @@ def _instance_features(instance: object, max_pixels: int, metrics: Metrics) -> P
 
 def _image_features(data: bytes, max_pixels: int, metrics: Metrics) -> Preprocessed:
     """One encoded image, read, recording its size and the decode and preprocess times."""
+    return _read_opened(_opened(data, max_pixels, metrics), metrics)
+
+
+def _opened(data: bytes, max_pixels: int, metrics: Metrics) -> Image.Image:
+    """An image's header read and checked against the limits (see `open_image`)."""
     metrics.image_bytes.observe(len(data))
+    return open_image(data, max_pixels=max_pixels)
+
+
+def _read_all(images: list[Image.Image], metrics: Metrics) -> list[Preprocessed]:
+    """Decode and read opened images."""
+    return [_read_opened(image, metrics) for image in images]
+
+
+def _read_opened(image: Image.Image, metrics: Metrics) -> Preprocessed:
+    """Decode and read an opened image, recording the decode and preprocess times."""
     started = time.perf_counter()
-    image = decode_image(data, max_pixels=max_pixels)
+    image = load_image(image)
     decoded = time.perf_counter()
     item = read_digit(image)
     metrics.decode_seconds.observe(decoded - started)
