@@ -288,14 +288,16 @@ def read_digit(image: Image.Image) -> Preprocessed:
     image = normalised(image)
     working = _working_image(image)
     levels = framing.measure_levels(framing.to_array(np.asarray(working)))
-    marks = framing.find_marks(levels.ink) if levels.contrast >= framing.MIN_CONTRAST else None
-    if marks is None:
+    if not framing.has_ink(levels):
         raise BlankImage("the image has no ink: nothing stands out from the paper")
     if framing.already_framed(levels.ink, min(image.size)):
         features = plain_features(image) if levels.clean else quantise(area_average(levels.ink))
         diagnostics = framing.level_warnings(levels)
         reframed = False
     else:
+        # Marks are only told apart (the costly part) when the digit is to be framed.
+        marks = framing.find_marks(levels.ink)
+        assert marks is not None  # noqa: S101 - has_ink found ink above the marks' threshold
         canvas = framing.frame(levels.ink, marks)
         features = quantise(area_average(canvas))
         top, bottom, _, _ = marks.box
