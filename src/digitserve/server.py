@@ -133,6 +133,10 @@ def serve(settings: Settings, classifier: Classifier) -> None:
             header_timeout=settings.request_timeout_seconds,
             max_header_bytes=settings.max_header_bytes,
         ),
+        # asyncio's own loop, not uvloop: under 64 concurrent connections uvloop left a few
+        # requests waiting seconds (p99 1.9-2.4 s against a p50 of 67-96 ms, every run), where
+        # asyncio served them in turn (p99 1.2-1.5x p50) at the same throughput.
+        "loop": "asyncio",
         "log_level": settings.log_level,
         "log_config": logging_config(settings.log_level, settings.log_format),
         # The service writes its own access log (JSON, with request ids); uvicorn's is off.
