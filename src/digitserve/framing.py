@@ -177,7 +177,9 @@ def measure_levels(colour: FloatArray) -> Levels:
     if min(luminance.shape) >= 2 * STATISTICS_SIDE:
         fitted = _fit_planes(sample, distance < 0.5 * ink_level, step, luminance.shape)
         planes = paper if fitted is None else fitted
-    distance = _distance(colour, planes, relative=relative)
+    if step > 1 or planes is not paper:
+        # Otherwise the sample is the whole image and the paper the same: `distance` stands.
+        distance = _distance(colour, planes, relative=relative)
     deviation = luminance - sum(planes) / np.float32(channels)
     # Only pixels on the ink's side of the paper are ink: glare on dark-on-light paper is not.
     on_ink_side = deviation > 0 if inverted else deviation < 0
