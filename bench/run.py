@@ -180,10 +180,27 @@ def rss_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in tree(pid)) / 1e6
 
 
+SETTLE_SECONDS = 120
+"""How long a server may take to work off the queue a cell left behind (wrk stops sending, not the
+server working: 64 queued 12-megapixel photos take seconds)."""
+
+
 def labels_of(server: Server, body: Body) -> tuple[int, ...]:
-    reply = requests.post(
-        server.url(body), data=body.data, headers={"Content-Type": body.content_type}, timeout=30
-    )
+    """The labels the server gives for this body, once it has worked off any earlier backlog.
+
+    A 503 `overloaded` means the previous cell's queue is still being served: wait and retry.
+    """
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        reply = requests.post(
+            server.url(body),
+            data=body.data,
+            headers={"Content-Type": body.content_type},
+            timeout=30,
+        )
+        if reply.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(float(reply.headers.get("Retry-After", "1")))
     if reply.status_code != 200:
         return ()
     document = reply.json()
@@ -255,6 +272,20 @@ def measure(
         rss_mb=rss_mb(server.process.pid),
         labels_ok=labels_ok,
     )
+
+
+OVERLOAD_BODY = "jpeg-8px"
+
+
+def overload(
+    server: Server, body: Body, body_file: Path, concurrency: int, seconds: float
+) -> Result:
+    """Drive the server past its in-flight bound (64 by default) with cheap requests.
+
+    digitserve should shed the excess with 503 `overloaded` and keep its latency bounded; a server
+    without a bound queues every request, and its latency grows with the queue.
+    """
+    return measure(server, body, body_file, concurrency, seconds)
 
 
 def in_process(bodies: dict[str, Body]) -> dict[str, float]:
@@ -337,6 +368,15 @@ def targets(report: dict[str, Any]) -> list[str]:
         f"12 MP JPEG: pipeline {timings['jpeg-12mp_pipeline_us'] / timings['jpeg-12mp_full_decode_us']:.3f} "
         f"of a full-resolution decode (target <= 0.1)"
     )
+    for r in report["results"]:
+        if r.get("overload"):
+            shed = r["statuses"].get("503", 0)
+            other = r["errors"] - shed
+            lines.append(
+                f"overload, {r['server']} at c={r['concurrency']} (digitserve's bound is 64): "
+                f"{r['rps']:.0f} answers/s, {shed / max(r['requests'], 1):.0%} shed with 503, "
+                f"other errors {other}, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"
+            )
     rss = [r["rss_mb"] for r in report["results"] if r["server"] == "digitserve"]
     if rss:
         lines.append(
@@ -357,13 +397,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bodies", nargs="+", default=None)
     parser.add_argument("--servers", nargs="+", default=None)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--overload",
+        type=int,
+        default=256,
+        help="connections for the overload cell (8x8 JPEG), past digitserve's bound of 64; 0: none",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None or shutil.which("taskset") is None:
         print("bench: needs wrk and taskset (apt-get install wrk util-linux)", file=sys.stderr)
         return 2
     if args.smoke:
-        args.seconds, args.concurrency = 1.0, [8]
+        args.seconds, args.concurrency, args.overload = 1.0, [8], 0
         args.bodies = args.bodies or ["jpeg-8px", "multipart-16", "oip-json-8px"]
     bodies = make_bodies()
     chosen = {name: bodies[name] for name in (args.bodies or bodies)}
@@ -373,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "seconds": args.seconds,
         "concurrency": args.concurrency,
+        "overload": args.overload,
         "workers": args.workers,
         "results": [],
         "in_process_us": in_process(bodies),
@@ -397,6 +444,20 @@ def main(argv: list[str] | None = None) -> int:
                             f"labels {'ok' if result.labels_ok else 'WRONG'}",
                             file=sys.stderr,
                         )
+                if args.overload and OVERLOAD_BODY in chosen:
+                    result = overload(
+                        server,
+                        chosen[OVERLOAD_BODY],
+                        files[OVERLOAD_BODY],
+                        args.overload,
+                        args.seconds,
+                    )
+                    report["results"].append({**asdict(result), "overload": True})
+                    print(
+                        f"{server.name:12} overload c={args.overload}: {result.statuses} "
+                        f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms",
+                        file=sys.stderr,
+                    )
             finally:
                 stop(server)
     report["targets"] = targets(report)

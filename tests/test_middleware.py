@@ -340,3 +340,31 @@ def _wait_in_flight(server: LiveServer, count: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"never saw {count} requests in flight")
+
+
+@pytest.mark.integration
+def test_a_burst_past_the_bound_is_shed_with_503_not_queued(tmp_path: Path) -> None:
+    """Requests served on the event loop never overlap in the app; the queue behind them counts."""
+    burst, limit = 40, 2
+    request = (
+        b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: image/jpeg\r\nContent-Length: " + str(len(SEVEN)).encode() + b"\r\n\r\n"
+    ) + SEVEN
+    with (tmp_path / "server.log").open("wb") as log:
+        server = start_server(env={"DIGITSERVE_MAX_CONCURRENT_REQUESTS": str(limit)}, output=log)
+        try:
+            connections = [raw_request(server, request) for _ in range(burst)]
+            replies = [read_all(conn).partition(b"\r\n\r\n") for conn in connections]
+        finally:
+            assert stop_server(server) == 0
+    statuses = [int(head.split(b" ", 2)[1]) for head, _, _ in replies]
+    shed = [
+        (head, body)
+        for (head, _, body), status in zip(replies, statuses, strict=True)
+        if status == 503
+    ]
+    assert set(statuses) == {200, 503}, statuses
+    assert len(shed) >= burst // 2, statuses
+    for head, body in shed:
+        assert b"retry-after: 1" in head.lower()
+        assert json.loads(body)["code"] == "overloaded"

@@ -42,11 +42,20 @@ BODY_BYTES_KEY = "body_bytes"
 IMAGES_KEY = "images"
 """The request-state key under which a prediction route leaves how many images it classified."""
 
+QUEUED_KEY = "digitserve.queued"
+"""The scope key under which the server (`server.HeaderDeadlineProtocol`) notes how many of this
+worker's requests were already accepted and unanswered when this one's headers arrived."""
+
 _CLOSE = (b"connection", b"close")
 
 
 class TrafficMiddleware:
-    """Bound work in flight and time per request; record each request in metrics and the log."""
+    """Bound work in flight and time per request; record each request in metrics and the log.
+
+    Work in flight is what the worker has accepted and not yet answered: requests in the app, and
+    requests queued behind them (see `QUEUED_KEY`). Past the bound the excess is answered at once
+    with 503 `overloaded`, so latency stays bounded instead of growing with the queue.
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, state: Any) -> None:
         self.app = app
@@ -79,7 +88,10 @@ class TrafficMiddleware:
             await send(message)
 
         operations = scope["path"] in OPERATIONS_PATHS
-        if not operations and self.in_flight >= self.limit:
+        # Requests answered on the event loop never overlap there: the ones waiting are queued
+        # as tasks not yet started, which only the server sees (absent under other servers).
+        queued = scope.get(QUEUED_KEY, 0)
+        if not operations and max(self.in_flight, queued) >= self.limit:
             await self._refuse(
                 Overloaded(
                     self.overloaded,

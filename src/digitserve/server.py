@@ -20,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from digitserve.classifier import Classifier
 from digitserve.errors import PROBLEM_MEDIA_TYPE, RequestTimeout, problem
 from digitserve.logs import logging_config
+from digitserve.middleware import QUEUED_KEY
 from digitserve.settings import Settings
 
 logger = logging.getLogger("digitserve")
@@ -72,8 +73,14 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
-        """Stop the clock: from here the app's own time limit applies."""
+        """Stop the clock: from here the app's own time limit applies.
+
+        Also note in the scope how many requests this worker holds unanswered: most are served
+        on the event loop without yielding, so the app sees one at a time and only the server
+        sees the queue (its request tasks) that the in-flight bound must count.
+        """
         self._disarm()
+        self.scope[QUEUED_KEY] = len(self.tasks)  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
