@@ -255,7 +255,7 @@ def measure(
         + summary["read_errors"]
         + summary["write_errors"]
         + summary["timeouts"]
-        + sum(v for k, v in statuses.items() if k != "200")
+        + max(summary["status_errors"], sum(v for k, v in statuses.items() if k != "200"))
     )
     return Result(
         server=server.name,

@@ -1,19 +1,34 @@
 -- POST the file named by BODY_FILE with the Content-Type in BODY_TYPE; print a JSON summary.
+-- Each wrk thread runs its own Lua state: statuses are counted per thread and added up in done().
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("BODY_TYPE")
 
-local statuses = {}
+local threads = {}
+
+setup = function(thread)
+  table.insert(threads, thread)
+end
+
+init = function(args)
+  statuses = {}
+end
 
 response = function(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
 end
 
 done = function(summary, latency, requests)
+  local totals = {}
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do
+      totals[status] = (totals[status] or 0) + count
+    end
+  end
   local parts = {}
-  for status, count in pairs(statuses) do
+  for status, count in pairs(totals) do
     table.insert(parts, string.format('"%d": %d', status, count))
   end
   io.write(string.format(
