@@ -42,9 +42,10 @@ BODY_BYTES_KEY = "body_bytes"
 IMAGES_KEY = "images"
 """The request-state key under which a prediction route leaves how many images it classified."""
 
-QUEUED_KEY = "digitserve.queued"
-"""The scope key under which the server (`server.HeaderDeadlineProtocol`) notes how many of this
-worker's requests were already accepted and unanswered when this one's headers arrived."""
+ADMITTED_KEY = "digitserve.admitted"
+"""The scope key under which the server (`server.HeaderDeadlineProtocol`) says whether it admitted
+this request under the in-flight bound (True) or found the worker full (False). Absent under other
+servers, where the middleware counts the requests it sees itself."""
 
 _CLOSE = (b"connection", b"close")
 
@@ -52,9 +53,10 @@ _CLOSE = (b"connection", b"close")
 class TrafficMiddleware:
     """Bound work in flight and time per request; record each request in metrics and the log.
 
-    Work in flight is what the worker has accepted and not yet answered: requests in the app, and
-    requests queued behind them (see `QUEUED_KEY`). Past the bound the excess is answered at once
-    with 503 `overloaded`, so latency stays bounded instead of growing with the queue.
+    Work in flight is what the worker has admitted and not yet answered: requests in the app and
+    requests queued behind them (see `ADMITTED_KEY`). Past the bound the excess is answered at
+    once with 503 `overloaded`, so latency stays bounded instead of growing with the queue; refused
+    requests do not count, so the admitted ones keep the worker busy (no collapse into refusals).
     """
 
     def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, state: Any) -> None:
@@ -88,10 +90,11 @@ class TrafficMiddleware:
             await send(message)
 
         operations = scope["path"] in OPERATIONS_PATHS
-        # Requests answered on the event loop never overlap there: the ones waiting are queued
-        # as tasks not yet started, which only the server sees (absent under other servers).
-        queued = scope.get(QUEUED_KEY, 0)
-        if not operations and max(self.in_flight, queued) >= self.limit:
+        # Requests answered on the event loop never overlap in the app: those waiting behind one
+        # are tasks not yet started, which only the server counts.
+        admitted = scope.get(ADMITTED_KEY)
+        full = admitted is False or (admitted is None and self.in_flight >= self.limit)
+        if not operations and full:
             await self._refuse(
                 Overloaded(
                     self.overloaded,

@@ -15,12 +15,13 @@ from typing import Any
 
 import orjson
 import uvicorn
+from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from digitserve.classifier import Classifier
 from digitserve.errors import PROBLEM_MEDIA_TYPE, RequestTimeout, problem
 from digitserve.logs import logging_config
-from digitserve.middleware import QUEUED_KEY
+from digitserve.middleware import ADMITTED_KEY
 from digitserve.settings import Settings
 
 logger = logging.getLogger("digitserve")
@@ -31,6 +32,30 @@ uvicorn's 5 s is too short for a worker that imports scikit-learn on a busy mach
 restarts workers that are only slow to start, over and over."""
 
 
+class Admission:
+    """How many requests this worker has admitted and not yet answered, against the bound.
+
+    One per worker process, shared by its connections (see `TrafficMiddleware` for what happens
+    to a request the worker is too full to admit).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def counted(self, app: ASGI3Application) -> ASGI3Application:
+        """The app, releasing an admitted request's place once the app is done with it."""
+
+        async def release_when_done(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                if scope.get(ADMITTED_KEY):
+                    self.held -= 1
+
+        return release_when_done
+
+
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering 408 when a request's headers take too long.
 
@@ -39,13 +64,20 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     """
 
     def __init__(
-        self, *args: Any, header_timeout: float, max_header_bytes: int, **kwargs: Any
+        self,
+        *args: Any,
+        header_timeout: float,
+        max_header_bytes: int,
+        admission: "Admission",
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
         self.header_deadline: asyncio.TimerHandle | None = None
         self.max_header_bytes = max_header_bytes
         self.head_bytes = 0
+        self.admission = admission
+        self.app = admission.counted(self.app)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock for the first request's headers."""
@@ -73,14 +105,16 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
-        """Stop the clock: from here the app's own time limit applies.
+        """Stop the clock (from here the app's own time limit applies), and admit the request.
 
-        Also note in the scope how many requests this worker holds unanswered: most are served
-        on the event loop without yielding, so the app sees one at a time and only the server
-        sees the queue (its request tasks) that the in-flight bound must count.
+        Admission is decided here, as the request joins the queue: most requests are served on
+        the event loop without yielding, so the app sees them one at a time and never the queue.
         """
         self._disarm()
-        self.scope[QUEUED_KEY] = len(self.tasks)  # type: ignore[literal-required]
+        # Probes count too when admitted, but are never refused (the middleware exempts them).
+        admitted = self.admission.held < self.admission.limit
+        self.scope[ADMITTED_KEY] = admitted  # type: ignore[literal-required]
+        self.admission.held += admitted
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -139,6 +173,7 @@ def serve(settings: Settings, classifier: Classifier) -> None:
             HeaderDeadlineProtocol,
             header_timeout=settings.request_timeout_seconds,
             max_header_bytes=settings.max_header_bytes,
+            admission=Admission(settings.max_concurrent_requests),
         ),
         # asyncio's own loop, not uvloop: under 64 concurrent connections uvloop left a few
         # requests waiting seconds (p99 1.9-2.4 s against a p50 of 67-96 ms, every run), where
