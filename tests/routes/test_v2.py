@@ -18,8 +18,8 @@ from sklearn.svm import SVC
 
 from digitserve.app import create_app
 from digitserve.classifier import Classifier, load_classifier
-from digitserve.inference_protocol import deserialize_bytes, serialize_bytes
-from digitserve.routes.v2 import INLINE_BYTES
+from digitserve.inference_protocol import deserialize_bytes, parse_request, serialize_bytes
+from digitserve.routes.v2 import INLINE_BYTES, decodes_quickly
 from digitserve.schemas import (
     InferenceResponse,
     ModelMetadataV2,
@@ -31,6 +31,7 @@ from digitserve.schemas import (
 from digitserve.settings import Settings
 from digitserve.training import Split
 from tests.conftest import DATA_DIR, MODEL_PATH, Renderer, encode
+from tests.hostile import png_header_claiming
 from tests.routes.test_v1 import assert_problem
 
 INFER = "/v2/models/digits/infer"
@@ -866,3 +867,30 @@ def test_openapi_documents_the_v2_routes(app: FastAPI, client: TestClient) -> No
     assert paths["/v2/health/ready"]["get"]["responses"]["200"]["content"]["application/json"][
         "schema"
     ] == {"$ref": "#/components/schemas/ServerReady"}
+
+
+def parsed(*inputs: dict[str, Any]) -> Any:
+    """A JSON inference request, parsed as the route parses it."""
+    body = orjson.dumps({"inputs": list(inputs)})
+    return parse_request(body, None, raw_input="image")
+
+
+def test_only_pixels_or_one_small_image_are_answered_on_the_event_loop(
+    seven: NDArray[np.int64], render: Renderer
+) -> None:
+    pixels = {"name": "pixels", "shape": [1, 64], "datatype": "INT64", "data": seven.tolist()}
+    assert decodes_quickly(parsed(pixels))
+    assert decodes_quickly(parsed(image_input(b64(render(seven)))))
+    assert decodes_quickly(parsed(image_input(b64(render(seven, 256)))))
+    assert not decodes_quickly(parsed(image_input(b64(render(seven, 257, "PNG")))))
+    assert not decodes_quickly(parsed(image_input(b64(png_header_claiming(5000, 5000)))))
+    assert not decodes_quickly(parsed(image_input(b64(render(seven)), b64(render(seven)))))
+    raw = parse_request(render(seven), 0, raw_input="image")
+    assert decodes_quickly(raw)
+
+
+def test_a_small_body_declaring_a_huge_image_is_refused_not_decoded(client: TestClient) -> None:
+    response = client.post(
+        INFER, content=orjson.dumps({"inputs": [image_input(b64(png_header_claiming(9000, 9000)))]})
+    )
+    assert_problem(response, 413, "image_too_large")

@@ -38,7 +38,13 @@ from digitserve.inference_protocol import (
     parse_request,
     response_encoding,
 )
-from digitserve.preprocessing import GRID, LEVELS, N_FEATURES, image_to_features
+from digitserve.preprocessing import (
+    GRID,
+    LEVELS,
+    N_FEATURES,
+    declared_pixels,
+    image_to_features,
+)
 from digitserve.routes.bodies import read_body
 from digitserve.schemas import (
     InferenceResponse,
@@ -52,9 +58,13 @@ from digitserve.schemas import (
 from digitserve.settings import Settings
 
 INLINE_BYTES = 64 * 1024
-"""Small uncompressed requests without images (pixels only) run on the event loop; anything that
-may decode an image (even a small PNG can declare 40 megapixels) or inflate a body goes to a
-worker thread, under the same bound as /v1 (`preprocess_threads`)."""
+"""Small uncompressed requests are parsed on the event loop, and answered there when they carry
+pixels or one image whose header declares at most `INLINE_PIXELS` (as /v1 does); anything else
+(many images, a large image, a compressed body) goes to a worker thread, under the same bound as
+/v1 (`preprocess_threads`)."""
+
+INLINE_PIXELS = 256 * 256
+"""The largest image (by its header) decoded on the event loop: the same bound as /v1."""
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
@@ -248,14 +258,23 @@ async def _infer(request: Request, classifier: Classifier) -> Response:
     encoding = request.headers.get("content-encoding")
     length = request.headers.get(IHCL)
 
-    def work() -> tuple[bytes, int | None]:
-        plain = decompress(body, encoding, limit=settings.max_body_bytes)
-        return run_inference(plain, length, classifier, settings)
-
-    if encoding is None and len(body) <= INLINE_BYTES and b'"image"' not in body:
-        content, json_length = work()
+    limiter = request.app.state.preprocess_limiter
+    if encoding is None and len(body) <= INLINE_BYTES:
+        # Parsed here (cheap at this size, and errors come back at once); predicted here too
+        # when the images it carries are surely cheap to decode.
+        call = parse_request(body, header_length(length, len(body)), raw_input=IMAGE)
+        if decodes_quickly(call):
+            content, json_length = answer(call, classifier, settings)
+        else:
+            content, json_length = await anyio.to_thread.run_sync(
+                answer, call, classifier, settings, limiter=limiter
+            )
     else:
-        limiter = request.app.state.preprocess_limiter
+
+        def work() -> tuple[bytes, int | None]:
+            plain = decompress(body, encoding, limit=settings.max_body_bytes)
+            return run_inference(plain, length, classifier, settings)
+
         content, json_length = await anyio.to_thread.run_sync(work, limiter=limiter)
     headers = {"Vary": "Accept-Encoding"}
     if json_length is not None:
@@ -272,7 +291,35 @@ def run_inference(
     body: bytes, ihcl: str | None, classifier: Classifier, settings: Settings
 ) -> tuple[bytes, int | None]:
     """Decode a (decompressed) request, predict, and encode the response body."""
-    call = parse_request(body, header_length(ihcl, len(body)), raw_input=IMAGE)
+    return answer(
+        parse_request(body, header_length(ihcl, len(body)), raw_input=IMAGE), classifier, settings
+    )
+
+
+def decodes_quickly(call: DecodedRequest) -> bool:
+    """Whether a parsed request is surely cheap enough to answer on the event loop.
+
+    Ready-made pixels are; so is one image whose header declares few pixels (a small PNG can
+    declare 40 megapixels). Its header is read twice (here and to decode), which costs less than
+    the thread hop it saves.
+    """
+    images = [tensor for tensor in call.inputs if tensor.name == IMAGE]
+    if not images:
+        return True
+    elements = images[0].data.ravel().tolist() if len(images) == 1 else []
+    if len(elements) != 1 or not isinstance(elements[0], bytes | str):
+        return False
+    try:
+        data = _image_bytes(elements[0])
+    except InvalidInput:
+        return True  # refused at once, wherever it runs
+    return (declared_pixels(data) or 0) <= INLINE_PIXELS
+
+
+def answer(
+    call: DecodedRequest, classifier: Classifier, settings: Settings
+) -> tuple[bytes, int | None]:
+    """Predict for a parsed request, and encode the response body."""
     wanted = _requested_outputs(call)
     features = _features(call.inputs, settings)
     predictions = classifier.predict(features)
