@@ -291,17 +291,8 @@ def measure(
 
 
 OVERLOAD_BODY = "jpeg-8px"
-
-
-def overload(
-    server: Server, body: Body, body_file: Path, concurrency: int, seconds: float
-) -> Result:
-    """Drive the server past its in-flight bound (64 by default) with cheap requests.
-
-    digitserve should shed the excess with 503 `overloaded` and keep its latency bounded; a server
-    without a bound queues every request, and its latency grows with the queue.
-    """
-    return measure(server, body, body_file, concurrency, seconds)
+"""The body of the overload cell: cheap requests past digitserve's in-flight bound (64), which it
+should shed with 503 `overloaded`, where a server without a bound queues them all."""
 
 
 def in_process(bodies: dict[str, Body]) -> dict[str, float]:
@@ -468,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
             for server in wanted:
                 if args.overload and OVERLOAD_BODY in chosen:
-                    result = overload(
+                    result = measure(
                         server,
                         chosen[OVERLOAD_BODY],
                         files[OVERLOAD_BODY],

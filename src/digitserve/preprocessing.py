@@ -43,6 +43,11 @@ DRAFT_SIDE = 64
 """Large JPEGs are decoded at a reduced DCT scale, never below this side: 8 source pixels per cell
 keep the area average faithful while a 12-megapixel photo decodes in a fraction of the time."""
 
+INLINE_PIXELS = 256 * 256
+"""An image up to this many pixels (by its header) is decoded on the event loop, by /v1 and /v2
+alike: a thread hop would cost more than the work. Cost follows pixels, not bytes: a 100 KB PNG
+can declare 40 megapixels, and decoding it inline would stall every other request for seconds."""
+
 BAND_PIXELS = 1 << 20
 """Preprocessing works on bands of about a megapixel: a 40-megapixel PNG of a few hundred
 kilobytes would otherwise need gigabytes of float arrays at once."""

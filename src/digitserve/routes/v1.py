@@ -38,6 +38,7 @@ from digitserve.middleware import BODY_BYTES_KEY, IMAGES_KEY
 from digitserve.preprocessing import (
     ACCEPTED_MEDIA_TYPES,
     GRID,
+    INLINE_PIXELS,
     LEVELS,
     Preprocessed,
     declared_pixels,
@@ -69,11 +70,6 @@ REQUEST_MEDIA_TYPES = (*ACCEPTED_MEDIA_TYPES, "multipart/form-data", "applicatio
 
 MULTIPART_FIELD = "image"
 """The form field name of each image in a multipart request."""
-
-INLINE_PIXELS = 256 * 256
-"""A raw image up to this many pixels (by its header) is decoded on the event loop, where a thread
-hop would cost more than the work. Cost follows pixels, not bytes: a 100 KB PNG can declare 40
-megapixels, and decoding it inline would stall every other request for seconds."""
 
 INLINE_JSON_BYTES = 64 * 1024
 """JSON of ready-made pixels up to this size is read inline; JSON carrying images never is."""

@@ -40,6 +40,7 @@ from digitserve.inference_protocol import (
 )
 from digitserve.preprocessing import (
     GRID,
+    INLINE_PIXELS,
     LEVELS,
     N_FEATURES,
     declared_pixels,
@@ -62,9 +63,6 @@ INLINE_BYTES = 64 * 1024
 pixels or one image whose header declares at most `INLINE_PIXELS` (as /v1 does); anything else
 (many images, a large image, a compressed body) goes to a worker thread, under the same bound as
 /v1 (`preprocess_threads`)."""
-
-INLINE_PIXELS = 256 * 256
-"""The largest image (by its header) decoded on the event loop: the same bound as /v1."""
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
