@@ -6,8 +6,9 @@ import zlib
 
 import numpy as np
 import pytest
+import simplejpeg
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageOps
 
 from digitserve.classifier import Classifier
 from digitserve.errors import (
@@ -19,11 +20,14 @@ from digitserve.errors import (
     UnsupportedMediaType,
 )
 from digitserve.preprocessing import (
+    DRAFT_SIDE,
     area_average,
     declared_pixels,
     decode_image,
+    draft_scale,
     image_to_features,
     ink_intensity,
+    open_image,
     pixels_to_features,
     plain_features,
     read_digit,
@@ -139,6 +143,83 @@ def test_exif_orientation_is_applied(seven: NDArray[np.int64]) -> None:
     stored = upright.transpose(Image.Transpose.ROTATE_90)
     data = encode(stored, "PNG", exif=exif.tobytes())
     assert features_of(data).tolist() == seven.tolist()
+
+
+def pillow_decode(data: bytes) -> Image.Image:
+    """How the service decoded every JPEG before libjpeg-turbo was called directly."""
+    image = Image.open(io.BytesIO(data), formats=["JPEG"])
+    image.draft(None, (DRAFT_SIDE, DRAFT_SIDE))
+    image.load()
+    return ImageOps.exif_transpose(image)
+
+
+def noisy_jpeg(width: int, height: int, mode: str, seed: int, **options: object) -> bytes:
+    """A JPEG with detail in every block, so any difference between decoders would show."""
+    rng = np.random.default_rng(seed)
+    shape = (height, width, 3) if mode == "RGB" else (height, width)
+    pixels = (rng.integers(0, 256, shape) // 48 * 48).astype(np.uint8)
+    return encode(Image.fromarray(pixels, mode), "JPEG", **options)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "mode", "options"),
+    [
+        (8, 8, "RGB", {}),
+        (63, 200, "RGB", {"subsampling": 0}),
+        (130, 100, "RGB", {"subsampling": 1, "progressive": True}),
+        (257, 511, "L", {}),
+        (1000, 700, "RGB", {"subsampling": 2, "quality": 60}),
+        (700, 1000, "L", {"progressive": True}),
+    ],
+)
+def test_libjpeg_turbo_decodes_exactly_as_pillow(
+    width: int, height: int, mode: str, options: dict[str, object]
+) -> None:
+    data = noisy_jpeg(width, height, mode, seed=width, **options)
+    opened = open_image(data, max_pixels=LIMIT)
+    assert opened.turbo_colourspace is not None
+    assert opened.pillow is None  # no header read in Python
+    decoded, reference = decode_image(data, max_pixels=LIMIT), pillow_decode(data)
+    assert (decoded.mode, decoded.size) == (reference.mode, reference.size)
+    assert np.array_equal(np.asarray(decoded), np.asarray(reference))
+
+
+@pytest.mark.parametrize("side", [8, 63, 64, 127, 128, 255, 256, 511, 512, 1000])
+def test_draft_scale_is_pillows(side: int) -> None:
+    image = Image.open(io.BytesIO(noisy_jpeg(side, 3 * side, "L", seed=side)))
+    image.draft(None, (DRAFT_SIDE, DRAFT_SIDE))
+    assert image.size == (
+        -(-side // draft_scale(side, 3 * side)),
+        -(-3 * side // draft_scale(side, 3 * side)),
+    )
+
+
+def test_exif_and_xmp_orientation_of_a_jpeg_are_applied(seven: NDArray[np.int64]) -> None:
+    stored = render_digit(seven, 64).convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    for data in (encode(stored, "JPEG", exif=exif.tobytes()), encode(stored, "JPEG", xmp=xmp)):
+        assert open_image(data, max_pixels=LIMIT).pillow is not None  # Pillow reads the metadata
+        decoded = decode_image(data, max_pixels=LIMIT)
+        assert np.array_equal(np.asarray(decoded), np.asarray(pillow_decode(data)))
+        assert np.abs(to_features(decoded) - seven).max() <= 1
+
+
+def test_a_jpeg_libjpeg_turbo_is_strict_about_is_decoded_by_pillow() -> None:
+    data = noisy_jpeg(64, 64, "RGB", seed=1)
+    scan = data.index(b"\xff\xda")
+    stray = data[:scan] + b"\x00\x00" + data[scan:]  # "extraneous bytes before marker": a warning
+    with pytest.raises(ValueError, match="extraneous"):
+        simplejpeg.decode_jpeg(stray)
+    assert decode_image(stray, max_pixels=LIMIT).tobytes() == pillow_decode(stray).tobytes()
+
+
+def test_cmyk_jpeg_is_left_to_pillow(seven: NDArray[np.int64]) -> None:
+    data = encode(render_digit(seven, 64).convert("CMYK"), "JPEG", quality=95)
+    opened = open_image(data, max_pixels=LIMIT)
+    assert opened.turbo_colourspace is None
+    assert opened.pillow is not None
 
 
 def test_transparency_is_composited_onto_white(seven: NDArray[np.int64]) -> None:

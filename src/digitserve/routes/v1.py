@@ -11,7 +11,6 @@ import anyio.to_thread
 import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request, Response
-from PIL import Image
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
@@ -40,6 +39,7 @@ from digitserve.preprocessing import (
     GRID,
     INLINE_PIXELS,
     LEVELS,
+    OpenedImage,
     Preprocessed,
     declared_pixels,
     load_image,
@@ -430,23 +430,23 @@ def _image_features(data: bytes, max_pixels: int, metrics: Metrics) -> Preproces
     return _read_opened(_opened(data, max_pixels, metrics), metrics)
 
 
-def _opened(data: bytes, max_pixels: int, metrics: Metrics) -> Image.Image:
+def _opened(data: bytes, max_pixels: int, metrics: Metrics) -> OpenedImage:
     """An image's header read and checked against the limits (see `open_image`)."""
     metrics.image_bytes.observe(len(data))
     return open_image(data, max_pixels=max_pixels)
 
 
-def _read_all(images: list[Image.Image], metrics: Metrics) -> list[Preprocessed]:
+def _read_all(images: list[OpenedImage], metrics: Metrics) -> list[Preprocessed]:
     """Decode and read opened images."""
     return [_read_opened(image, metrics) for image in images]
 
 
-def _read_opened(image: Image.Image, metrics: Metrics) -> Preprocessed:
+def _read_opened(image: OpenedImage, metrics: Metrics) -> Preprocessed:
     """Decode and read an opened image, recording the decode and preprocess times."""
     started = time.perf_counter()
-    image = load_image(image)
+    pixels = load_image(image)
     decoded = time.perf_counter()
-    item = read_digit(image)
+    item = read_digit(pixels)
     metrics.decode_seconds.observe(decoded - started)
     metrics.preprocess_seconds.observe(time.perf_counter() - decoded)
     return item
