@@ -28,8 +28,12 @@ def test_smoke_run_measures_every_server_with_correct_answers(tmp_path: Path) ->
     report = json.loads((tmp_path / "smoke.json").read_text())
     servers = {result["server"] for result in report["results"]}
     assert servers == {"digitserve", "flask-naive", "http-floor"}
+    assert report["rounds"] == 2  # each cell taken twice by every server in turn, then merged
+    cells = [(r["server"], r["body"], r["concurrency"]) for r in report["results"]]
+    assert len(cells) == len(set(cells))
     for result in report["results"]:
         assert result["requests"] > 0, result
+        assert result["seconds"] >= 2 * 0.9, result  # two rounds of at least a second
         assert result["errors"] == 0, result
         assert result["labels_ok"], result
         assert result["cpu_us_per_request"] > 0
