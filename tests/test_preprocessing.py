@@ -215,6 +215,13 @@ def test_a_jpeg_libjpeg_turbo_is_strict_about_is_decoded_by_pillow() -> None:
     assert decode_image(stray, max_pixels=LIMIT).tobytes() == pillow_decode(stray).tobytes()
 
 
+def test_jpeg_segments_are_walked_past_fill_bytes() -> None:
+    data = noisy_jpeg(16, 16, "RGB", seed=2)
+    filled = data[:2] + b"\xff\xff" + data[2:]  # fill bytes may precede any marker
+    assert open_image(filled, max_pixels=LIMIT).pillow is None
+    assert decode_image(filled, max_pixels=LIMIT).tobytes() == pillow_decode(data).tobytes()
+
+
 def test_cmyk_jpeg_is_left_to_pillow(seven: NDArray[np.int64]) -> None:
     data = encode(render_digit(seven, 64).convert("CMYK"), "JPEG", quality=95)
     opened = open_image(data, max_pixels=LIMIT)

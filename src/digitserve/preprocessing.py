@@ -123,11 +123,6 @@ class OpenedImage:
     max_pixels: int
     """The limit it was checked against, for Pillow's check if Pillow decodes it after all."""
 
-    @property
-    def pixels(self) -> int:
-        """Width x height: what decoding will cost."""
-        return self.width * self.height
-
 
 def open_image(data: bytes, *, max_pixels: int) -> OpenedImage:
     """Read a JPEG or PNG header: its format, its size and the limits, before any pixel is decoded.
