@@ -6,10 +6,12 @@ import io
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
 
@@ -100,6 +102,35 @@ def test_two_workers_serve_and_stop_cleanly() -> None:
             )
             assert response.status_code == 200
             assert response.json()["predictions"][0]["label"] in range(10)
+    finally:
+        assert stop_server(server) == 0
+
+
+def test_workers_share_the_loaded_model_and_a_dead_one_is_replaced() -> None:
+    server = start_server("--workers", "2")
+    try:
+        arbiter = psutil.Process(server.process.pid)
+        workers = arbiter.children()
+        assert len(workers) == 2
+        for worker in workers:
+            # Forked after the imports and the model: most of a worker's memory is shared.
+            assert worker.memory_full_info().uss < arbiter.memory_info().rss / 2
+        workers[0].kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            replacements = [w for w in arbiter.children() if w.pid not in {x.pid for x in workers}]
+            if replacements:
+                break
+            time.sleep(0.1)
+        assert replacements, "gunicorn should have forked a new worker"
+        for _ in range(10):
+            response = requests.post(
+                f"{server.url}/v1/models/digits:predict",
+                json={"instances": [[0, 0, 10, 16, 16, 10, 0, 0] * 8]},
+                headers={"Connection": "close"},
+                timeout=10,
+            )
+            assert response.status_code == 200
     finally:
         assert stop_server(server) == 0
 

@@ -1,10 +1,12 @@
-"""How `digitserve serve` runs uvicorn: the options that shape speed and fairness."""
+"""How `digitserve serve` runs uvicorn: the options that shape speed and fairness, and workers."""
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
 import uvicorn
+from gunicorn.app.base import BaseApplication
 
 from digitserve import server
 from digitserve.classifier import Classifier
@@ -16,9 +18,14 @@ from tests.conftest import MODEL_PATH
 def captured_options(
     monkeypatch: pytest.MonkeyPatch, classifier: Classifier, **overrides: Any
 ) -> dict[str, Any]:
-    """The keyword arguments `serve` hands to uvicorn.run (which is not started)."""
+    """The options `serve` hands to uvicorn.run or to `serve_forked` (neither is started)."""
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    monkeypatch.setattr(
+        server,
+        "serve_forked",
+        lambda app, settings, options: calls.append({**options, "forked": 1}),
+    )
     server.serve(Settings(model_path=MODEL_PATH, **overrides), classifier)
     [options] = calls
     return options
@@ -39,7 +46,39 @@ def test_serves_on_asyncio_with_httptools_and_a_header_deadline(
     assert protocol.keywords == {"header_timeout": 30.0, "max_header_bytes": 8192}
     assert (admission.limit, admission.held) == (64, 0)
     assert options["access_log"] is False
-    assert options.get("workers", 1) == workers
+    assert options.get("forked", 0) == (workers > 1)
+
+
+@pytest.mark.parametrize(("host", "bind"), [("127.0.0.1", "127.0.0.1:8123"), ("::", "[::]:8123")])
+def test_workers_are_forked_by_gunicorn_after_the_model_is_loaded(
+    monkeypatch: pytest.MonkeyPatch, host: str, bind: str
+) -> None:
+    arbiters: list[Any] = []
+    monkeypatch.setattr(BaseApplication, "run", lambda self: arbiters.append(self))
+    settings = Settings(
+        model_path=MODEL_PATH, host=host, port=8123, workers=3, shutdown_delay_seconds=2.5
+    )
+    app = object()
+    options = {"host": host, "port": 8123, "log_config": {}, "loop": "asyncio", "http": "ours"}
+    try:
+        server.serve_forked(app, settings, options)  # type: ignore[arg-type]
+    finally:
+        gc.unfreeze()
+    [arbiter] = arbiters
+    assert arbiter.load() is app  # built here, with the model: the workers inherit both
+    cfg = arbiter.cfg
+    assert (cfg.bind, cfg.workers, cfg.preload_app) == ([bind], 3, True)
+    assert cfg.graceful_timeout == 38  # drain delay + in-flight grace + 5, in whole seconds
+    assert cfg.control_socket_disable  # nothing written next to a read-only root filesystem
+    # The workers run uvicorn as one process would: same loop and protocol, lifespan on.
+    assert cfg.worker_class.CONFIG_KWARGS == {
+        "loop": "asyncio",
+        "http": "ours",
+        "lifespan": "on",
+        "timeout_keep_alive": 5,
+    }
+    loggers = cfg.logconfig_dict["loggers"]
+    assert loggers["gunicorn.error"] == loggers["digitserve"]  # the arbiter logs as we do
 
 
 def test_admission_holds_a_place_until_the_app_is_done_even_if_it_fails() -> None:

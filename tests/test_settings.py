@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from digitserve.app import settings_to_environment
 from digitserve.settings import Settings
 from tests.conftest import MODEL_PATH
 
@@ -32,13 +31,6 @@ def test_missing_model_file_fails_validation(tmp_path: object) -> None:
 def test_bad_values_fail_validation(field: str, value: object) -> None:
     with pytest.raises(ValidationError):
         Settings.model_validate({"model_path": MODEL_PATH, field: value})
-
-
-def test_settings_survive_the_trip_to_worker_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Settings(model_path=MODEL_PATH, port=9001, access_log=False, max_body_bytes=4096)
-    for name, value in settings_to_environment(original).items():
-        monkeypatch.setenv(name, value)
-    assert Settings() == original
 
 
 KEY = "settings-key-0123456789"
@@ -78,28 +70,6 @@ def test_model_sha256_is_checked_for_shape_and_lower_cased() -> None:
     with pytest.raises(ValidationError):
         Settings(model_path=MODEL_PATH, model_sha256="abc")
     assert Settings(model_path=MODEL_PATH, model_sha256="AB" * 32).model_sha256 == "ab" * 32
-
-
-def test_security_settings_survive_the_trip_to_worker_processes(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    keys = tmp_path / "keys"
-    keys.write_text(f"{KEY}-file\n")
-    original = Settings(
-        model_path=MODEL_PATH,
-        api_keys=[KEY, f"{KEY},with-comma"],
-        api_keys_file=keys,
-        auth_probes=True,
-        cors_origins=["https://a.example"],
-        model_trusted_types=["numpy.round"],
-    )
-    environment = settings_to_environment(original)
-    assert "DIGITSERVE_MODEL_SHA256" not in environment
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    rebuilt = Settings()
-    assert rebuilt.all_api_keys() == [KEY, f"{KEY},with-comma", f"{KEY}-file"]
-    assert rebuilt.model_dump(exclude={"api_keys"}) == original.model_dump(exclude={"api_keys"})
 
 
 def test_preprocess_threads_default_to_the_cpu_count() -> None:

@@ -1,8 +1,6 @@
 """The ASGI application: built by `create_app(settings)`, nothing at import time."""
 
-import json
 import logging
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -15,7 +13,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
-from pydantic import SecretStr
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -166,32 +163,6 @@ def _start_draining(app: FastAPI) -> Callable[[], None]:
         app.state.draining = True
 
     return start
-
-
-def app_from_environment() -> FastAPI:
-    """Build the app in a `uvicorn --factory` worker, from DIGITSERVE_* variables."""
-    return create_app(Settings(), handle_sigterm=True)
-
-
-def settings_to_environment(settings: Settings) -> dict[str, str]:
-    """The DIGITSERVE_* variables that rebuild these settings in a worker process."""
-    environment = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, list):
-            text = json.dumps(
-                [item.get_secret_value() if isinstance(item, SecretStr) else item for item in value]
-            )
-        else:
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-        environment[f"DIGITSERVE_{name.upper()}"] = text
-    return environment
-
-
-def export_settings(settings: Settings) -> None:
-    """Put the settings in this process's environment, for worker processes to inherit."""
-    os.environ.update(settings_to_environment(settings))
 
 
 class RequestContextMiddleware:

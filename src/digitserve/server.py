@@ -8,13 +8,17 @@ holds the socket forever, and one that sends megabytes of headers is buffered wh
 
 import asyncio
 import functools
+import gc
 import logging
+import math
 import signal
 import uuid
-from typing import Any
+from types import FrameType
+from typing import Any, ClassVar
 
 import orjson
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -27,9 +31,8 @@ from digitserve.settings import Settings
 logger = logging.getLogger("digitserve")
 
 WORKER_START_SECONDS = 60
-"""How long uvicorn's supervisor waits for a worker to answer its health ping before replacing it.
-uvicorn's 5 s is too short for a worker that imports scikit-learn on a busy machine: it kills and
-restarts workers that are only slow to start, over and over."""
+"""How long gunicorn's arbiter waits for a silent worker (uvicorn checks in every second or so)
+before replacing it: generous, as a request may hold the event loop for a large image."""
 
 
 class Admission:
@@ -164,7 +167,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
 def serve(settings: Settings, classifier: Classifier) -> None:
     """Serve until SIGINT or SIGTERM, in one process or in `settings.workers` worker processes."""
-    from digitserve.app import create_app, export_settings
+    from digitserve.app import create_app
 
     options: dict[str, Any] = {
         "host": settings.host,
@@ -184,16 +187,92 @@ def serve(settings: Settings, classifier: Classifier) -> None:
         # The service writes its own access log (JSON, with request ids); uvicorn's is off.
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
-        "timeout_worker_healthcheck": WORKER_START_SECONDS,
         "server_header": False,
     }
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found; with a no-op
     # handler there the process exits 0 after a clean stop, as orchestrators expect.
-    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGTERM, _ignore)
+    app = create_app(settings, classifier, handle_sigterm=True)
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, classifier, handle_sigterm=True), **options)
+        uvicorn.run(app, **options)
     else:
-        export_settings(settings)
-        uvicorn.run(
-            "digitserve.app:app_from_environment", factory=True, workers=settings.workers, **options
-        )
+        serve_forked(app, settings, options)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """A signal handler that does nothing (see `serve`)."""
+
+
+def serve_forked(app: ASGIApp, settings: Settings, options: dict[str, Any]) -> None:
+    """Serve from `settings.workers` processes forked from this one, which has loaded the model.
+
+    gunicorn's arbiter forks the workers (each runs uvicorn with the options of a single process)
+    and replaces any that dies. Forked after the imports and the model, the workers share that
+    memory with this process copy-on-write, instead of each importing scikit-learn and loading
+    the model again (about 150 MB each). `gc.freeze` keeps the garbage collector from touching,
+    and so copying, the shared objects.
+    """
+    # Imported here: a single-process server has no use for gunicorn.
+    from gunicorn.app.base import BaseApplication
+    from uvicorn_worker import UvicornWorker
+
+    worker_options = {
+        key: value
+        for key, value in options.items()
+        if key not in ("host", "port", "log_config")  # gunicorn binds, and configures logging
+    }
+
+    class DigitserveWorker(UvicornWorker):  # type: ignore[misc]
+        """uvicorn in a gunicorn worker, with the options (protocol, loop) of `serve`."""
+
+        CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+            **worker_options,
+            "lifespan": "on",
+            "timeout_keep_alive": 5,  # uvicorn's own default, as in one process
+        }
+
+        def init_signals(self) -> None:
+            """As in `serve`: a no-op SIGTERM handler for uvicorn to hand the signal back to."""
+            super().init_signals()
+            signal.signal(signal.SIGTERM, _ignore)
+
+    class Arbiter(BaseApplication):  # type: ignore[misc]
+        """gunicorn run from code, serving the app built in this process."""
+
+        def load_config(self) -> None:
+            for key, value in _gunicorn_settings(settings, DigitserveWorker).items():
+                self.cfg.set(key, value)
+
+        def load(self) -> ASGIApp:
+            return app
+
+    gc.collect()
+    gc.freeze()
+    Arbiter().run()
+
+
+def _gunicorn_settings(settings: Settings, worker: type) -> dict[str, Any]:
+    """Gunicorn's settings for `serve_forked`."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config = logging_config(settings.log_level, settings.log_format)
+    quiet: dict[str, Any] = {"handlers": [], "propagate": False}
+    config["loggers"] |= {
+        "gunicorn.error": config["loggers"]["digitserve"],
+        "gunicorn.access": quiet,
+    }
+    config["root"] = {"level": "WARNING", "handlers": []}
+    return {
+        "bind": [f"{host}:{settings.port}"],
+        "workers": settings.workers,
+        "worker_class": worker,
+        "preload_app": True,
+        "proc_name": "digitserve",
+        "logconfig_dict": config,
+        "loglevel": settings.log_level,
+        # The workers' own grace (`shutdown_timeout_seconds`, after the drain delay) comes first.
+        "graceful_timeout": math.ceil(
+            settings.shutdown_delay_seconds + settings.shutdown_timeout_seconds + 5
+        ),
+        "timeout": WORKER_START_SECONDS,
+        "control_socket_disable": True,
+    }
