@@ -73,6 +73,7 @@ class Result:
     errors: int
     statuses: dict[str, int]
     rss_mb: float
+    pss_mb: float
     labels_ok: bool
 
 
@@ -196,6 +197,11 @@ def rss_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in tree(pid)) / 1e6
 
 
+def pss_mb(pid: int) -> float:
+    """The process tree's memory with shared pages counted once: forked workers share most."""
+    return sum(p.memory_full_info().pss for p in tree(pid)) / 1e6
+
+
 SETTLE_SECONDS = 120
 """How long a server may take to work off the queue a cell left behind (wrk stops sending, not the
 server working: 64 queued 12-megapixel photos take seconds)."""
@@ -286,6 +292,7 @@ def measure(
         errors=errors,
         statuses=statuses,
         rss_mb=rss_mb(server.process.pid),
+        pss_mb=pss_mb(server.process.pid),
         labels_ok=labels_ok,
     )
 
@@ -316,6 +323,7 @@ def merged(rounds: list[Result]) -> Result:
         errors=sum(r.errors for r in rounds),
         statuses=statuses,
         rss_mb=max(r.rss_mb for r in rounds),
+        pss_mb=max(r.pss_mb for r in rounds),
         labels_ok=all(r.labels_ok for r in rounds),
     )
 
@@ -323,6 +331,47 @@ def merged(rounds: list[Result]) -> Result:
 OVERLOAD_BODY = "jpeg-8px"
 """The body of the overload cell: cheap requests past digitserve's in-flight bound (64), which it
 should shed with 503 `overloaded`, where a server without a bound queues them all."""
+
+
+MEMORY_WORKERS = 2
+"""Workers of the memory measurement: forked after the model is loaded, they share most pages."""
+
+
+def worker_memory(bodies: dict[str, Body], workers: int, repeat: int) -> dict[str, Any]:
+    """Memory of `digitserve serve --workers N` after each body `repeat` times, per process.
+
+    RSS counts shared pages in every process that maps them; PSS divides them among the sharers,
+    so the tree's PSS is what the machine pays and PSS / N what a worker costs.
+    """
+    server = servers(workers)[0]
+    start(server)
+    assert server.process is not None
+    try:
+        wait_until_idle(server)
+        for body in bodies.values():
+            for _ in range(repeat):
+                requests.post(
+                    server.url(body),
+                    data=body.data,
+                    headers={"Content-Type": body.content_type},
+                    timeout=60,
+                ).raise_for_status()
+        processes = tree(server.process.pid)
+        infos = [p.memory_full_info() for p in processes]
+        total = sum(info.pss for info in infos) / 1e6
+        return {
+            "workers": workers,
+            "total_pss_mb": round(total, 1),
+            "per_worker_mb": round(total / workers, 1),
+            "arbiter": {
+                "rss_mb": round(infos[0].rss / 1e6, 1),
+                "pss_mb": round(infos[0].pss / 1e6, 1),
+            },
+            "worker_uss_mb": [round(info.uss / 1e6, 1) for info in infos[1:]],
+            "worker_rss_mb": [round(info.rss / 1e6, 1) for info in infos[1:]],
+        }
+    finally:
+        stop(server)
 
 
 def in_process(bodies: dict[str, Body]) -> dict[str, float]:
@@ -421,6 +470,13 @@ def targets(report: dict[str, Any]) -> list[str]:
     if rss:
         lines.append(
             f"digitserve RSS max {max(rss):.0f} MB for {report['workers']} worker(s) (target <= 150 per worker)"
+        )
+    memory = report.get("memory")
+    if memory:
+        lines.append(
+            f"digitserve with {memory['workers']} forked workers, after every body: "
+            f"{memory['total_pss_mb']:.0f} MB in all (PSS), {memory['per_worker_mb']:.0f} MB per worker "
+            f"(target <= 150); each worker's own pages (USS) {', '.join(f'{m:.0f}' for m in memory['worker_uss_mb'])} MB"
         )
     return lines
 
@@ -524,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in wanted:
                 stop(server)
+    if "digitserve" in (args.servers or NAMES):
+        report["memory"] = worker_memory(chosen, MEMORY_WORKERS, repeat=3 if args.smoke else 20)
     report["targets"] = targets(report)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "smoke" if args.smoke else "latest"
