@@ -90,25 +90,23 @@ def test_oversized_body_is_refused_before_it_is_sent(live: LiveServer) -> None:
     assert requests.get(f"{live.url}/readyz", timeout=5).status_code == 200
 
 
-def test_two_workers_serve_and_stop_cleanly() -> None:
-    server = start_server("--workers", "2")
-    try:
-        for _ in range(20):
-            response = requests.post(
-                f"{server.url}/v1/models/digits:predict",
-                json={"instances": [[0, 0, 10, 16, 16, 10, 0, 0] * 8]},
-                headers={"Connection": "close"},
-                timeout=10,
-            )
-            assert response.status_code == 200
-            assert response.json()["predictions"][0]["label"] in range(10)
-    finally:
-        assert stop_server(server) == 0
+def predict_often(url: str, times: int) -> None:
+    """Fresh connections, so that the arbiter's workers take turns."""
+    for _ in range(times):
+        response = requests.post(
+            f"{url}/v1/models/digits:predict",
+            json={"instances": [[0, 0, 10, 16, 16, 10, 0, 0] * 8]},
+            headers={"Connection": "close"},
+            timeout=10,
+        )
+        assert response.status_code == 200
+        assert response.json()["predictions"][0]["label"] in range(10)
 
 
-def test_workers_share_the_loaded_model_and_a_dead_one_is_replaced() -> None:
+def test_two_workers_share_the_model_are_replaced_and_stop_cleanly() -> None:
     server = start_server("--workers", "2")
     try:
+        predict_often(server.url, 20)
         arbiter = psutil.Process(server.process.pid)
         workers = arbiter.children()
         assert len(workers) == 2
@@ -123,14 +121,7 @@ def test_workers_share_the_loaded_model_and_a_dead_one_is_replaced() -> None:
                 break
             time.sleep(0.1)
         assert replacements, "gunicorn should have forked a new worker"
-        for _ in range(10):
-            response = requests.post(
-                f"{server.url}/v1/models/digits:predict",
-                json={"instances": [[0, 0, 10, 16, 16, 10, 0, 0] * 8]},
-                headers={"Connection": "close"},
-                timeout=10,
-            )
-            assert response.status_code == 200
+        predict_often(server.url, 10)
     finally:
         assert stop_server(server) == 0
 
