@@ -232,9 +232,13 @@ def serve_forked(app: ASGIApp, settings: Settings, options: dict[str, Any]) -> N
         }
 
         def init_signals(self) -> None:
-            """As in `serve`: a no-op SIGTERM handler for uvicorn to hand the signal back to."""
+            """As in `serve`: no-op handlers for uvicorn to hand SIGTERM and SIGINT back to.
+
+            A worker stopped either way then exits 0, and the arbiter logs no warning.
+            """
             super().init_signals()
             signal.signal(signal.SIGTERM, _ignore)
+            signal.signal(signal.SIGINT, _ignore)
 
     class Arbiter(BaseApplication):  # type: ignore[misc]
         """gunicorn run from code, serving the app built in this process."""
