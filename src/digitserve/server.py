@@ -30,7 +30,7 @@ from digitserve.settings import Settings
 
 logger = logging.getLogger("digitserve")
 
-WORKER_START_SECONDS = 60
+WORKER_SILENCE_SECONDS = 60
 """How long gunicorn's arbiter waits for a silent worker (uvicorn checks in every second or so)
 before replacing it: generous, as a request may hold the event loop for a large image."""
 
@@ -277,6 +277,6 @@ def _gunicorn_settings(settings: Settings, worker: type) -> dict[str, Any]:
         "graceful_timeout": math.ceil(
             settings.shutdown_delay_seconds + settings.shutdown_timeout_seconds + 5
         ),
-        "timeout": WORKER_START_SECONDS,
+        "timeout": WORKER_SILENCE_SECONDS,
         "control_socket_disable": True,
     }
