@@ -221,9 +221,10 @@ def load_image(image: OpenedImage) -> Image.Image:
     if image.turbo_colourspace is not None:
         decoded = _turbo_decode(image, image.turbo_colourspace)
         if decoded is not None:
-            if image.pillow is not None:
-                decoded.info.update(image.pillow.info)  # the orientation, for exif_transpose
-            return ImageOps.exif_transpose(decoded) if image.pillow is not None else decoded
+            if image.pillow is None:
+                return decoded
+            decoded.info.update(image.pillow.info)  # the orientation, for exif_transpose
+            return ImageOps.exif_transpose(decoded)
     pillow = image.pillow or _pillow_open(image.data, image.media_type, image.max_pixels)
     try:
         if pillow.format == "JPEG":
