@@ -104,6 +104,28 @@ def test_clean_black_on_white_needs_no_stretch(seven: NDArray[np.int64]) -> None
     assert levels.contrast > 0.95
 
 
+@pytest.mark.parametrize("relative", [False, True])
+@pytest.mark.parametrize("plane_paper", [False, True])
+def test_one_channel_distance_is_the_colour_formula_bit_for_bit(
+    relative: bool, plane_paper: bool
+) -> None:
+    rng = np.random.default_rng(3)
+    grey = rng.random((1, 40, 30), dtype=np.float32)
+    level = rng.random((40, 30), dtype=np.float32) if plane_paper else np.float32(rng.random())
+    difference = grey[0] - level
+    if relative:
+        difference /= np.maximum(level, np.float32(framing.DARKEST_PAPER))
+    expected = np.sqrt((np.zeros_like(difference) + difference * difference) / np.float32(1))
+    assert np.array_equal(framing._distance(grey, [level], relative=relative), expected)
+
+
+def test_fast_clip_and_any_agree_with_numpy() -> None:
+    values = np.random.default_rng(4).normal(0.5, 1.0, (16, 16)).astype(np.float32)
+    assert np.array_equal(framing.clip_unit(values), np.clip(values, 0.0, 1.0))
+    for mask in (values > 3.0, values > 10.0, np.zeros((0,), dtype=bool)):
+        assert framing.any_true(mask) == bool(mask.any())
+
+
 @pytest.mark.parametrize("colour", [(255, 255, 255), (128, 128, 128), (255, 0, 0), (0, 0, 0)])
 def test_one_flat_colour_is_blank(colour: Colour) -> None:
     image = Image.new("RGB", (64, 64), colour)

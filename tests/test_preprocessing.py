@@ -27,6 +27,7 @@ from digitserve.preprocessing import (
     draft_scale,
     image_to_features,
     ink_intensity,
+    luma,
     open_image,
     pixels_to_features,
     plain_features,
@@ -122,6 +123,22 @@ def test_intensity_follows_the_rgb_distance_formula() -> None:
     assert red == pytest.approx(np.sqrt(2) / np.sqrt(3), abs=1e-6)
     assert grey == pytest.approx(127 / 255, abs=1e-6)
     assert plain_features(Image.new("RGB", (8, 8), (255, 0, 0))).tolist() == [13] * 64
+
+
+def test_luma_is_pillows_grey_conversion_for_every_colour() -> None:
+    code = np.arange(1 << 24, dtype=np.uint32)
+    rgb = np.stack([code >> 16, (code >> 8) & 255, code & 255], axis=-1).astype(np.uint8)
+    rgb = rgb.reshape(4096, 4096, 3)
+    pillow = np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
+    assert np.array_equal(luma(rgb), pillow)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_plain_features_from_the_pixels_read_already_are_the_same(mode: str) -> None:
+    rng = np.random.default_rng(7)
+    image = Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).convert(mode)
+    expected = plain_features(image)
+    assert plain_features(image, np.asarray(image)).tolist() == expected.tolist()
 
 
 def test_greyscale_progressive_and_cmyk_jpegs_read_like_rgb(seven: NDArray[np.int64]) -> None:
