@@ -2,7 +2,6 @@
 
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,7 +31,7 @@ from digitserve.errors import (
     problem,
 )
 from digitserve.hardening import ApiKeyMiddleware, SecurityHeadersMiddleware
-from digitserve.logs import REQUEST_ID
+from digitserve.logs import REQUEST_ID, new_request_id
 from digitserve.metrics import Metrics
 from digitserve.middleware import TrafficMiddleware
 from digitserve.routes import health, metrics, page, v1, v2
@@ -186,7 +185,7 @@ class RequestContextMiddleware:
                 request_id = value.decode("latin-1")
                 break
         if not _SAFE_REQUEST_ID.match(request_id):
-            request_id = uuid.uuid4().hex
+            request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         REQUEST_ID.set(request_id)
         header = (b"x-request-id", request_id.encode("latin-1"))

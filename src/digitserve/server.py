@@ -12,7 +12,6 @@ import gc
 import logging
 import math
 import signal
-import uuid
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -24,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from digitserve.classifier import Classifier
 from digitserve.errors import PROBLEM_MEDIA_TYPE, RequestTimeout, problem
-from digitserve.logs import logging_config
+from digitserve.logs import logging_config, new_request_id
 from digitserve.middleware import ADMITTED_KEY
 from digitserve.settings import Settings
 
@@ -140,7 +139,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self.header_deadline = None
         if self.transport.is_closing() or (self.cycle and not self.cycle.response_complete):
             return
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         error = RequestTimeout(
             f"the request headers were not received within {self.header_timeout:g} s",
             limit_seconds=self.header_timeout,
