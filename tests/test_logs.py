@@ -5,6 +5,7 @@ import json
 import logging
 import logging.config
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,7 +14,9 @@ from digitserve.logs import (
     JsonFormatter,
     TextFormatter,
     logging_config,
+    new_request_id,
     resolve_format,
+    skip_unused_record_fields,
 )
 
 
@@ -42,6 +45,69 @@ def test_json_line_has_time_level_message_request_id_pid_and_fields() -> None:
     }
     assert isinstance(document["pid"], int)
     assert (document["status"], document["images"]) == (200, 2)
+
+
+def test_json_time_is_rfc3339_utc_with_milliseconds_across_seconds() -> None:
+    times = []
+    for created in (1_700_000_000.1234, 1_700_000_000.9996, 1_700_000_001.25, 1_699_999_999.5):
+        made = record()
+        made.created = created
+        times.append(json.loads(JsonFormatter().format(made))["time"])
+    assert times == [
+        "2023-11-14T22:13:20.123Z",
+        "2023-11-14T22:13:20.999Z",
+        "2023-11-14T22:13:21.250Z",
+        "2023-11-14T22:13:19.500Z",
+    ]
+
+
+def test_request_ids_are_32_random_hex_digits() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(value) == 32 and int(value, 16) >= 0 for value in ids)
+
+
+@pytest.fixture
+def record_switches() -> Iterator[None]:
+    """Restore logging's process-wide record switches after a test changes them."""
+    saved = (logging._srcfile, logging.logThreads, logging.logMultiprocessing)
+    yield
+    logging._srcfile, logging.logThreads, logging.logMultiprocessing = saved
+
+
+@pytest.mark.usefixtures("record_switches")
+def test_skipping_unused_record_fields_keeps_every_field_a_line_shows() -> None:
+    skip_unused_record_fields()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("digitserve.test.switches")
+    logger.addHandler(handler)
+    logger.propagate = False
+    records: list[logging.LogRecord] = []
+
+    def keep(made: logging.LogRecord) -> bool:
+        records.append(made)
+        return True
+
+    handler.addFilter(keep)
+    try:
+        logger.warning("served %s", "x", extra={"fields": {"status": 200}})
+    finally:
+        logger.removeHandler(handler)
+    document = json.loads(stream.getvalue())
+    assert (document["message"], document["status"], document["pid"]) == (
+        "served x",
+        200,
+        records[0].process,
+    )
+    assert isinstance(document["pid"], int)
+    # What was skipped: the caller's place and the thread.
+    assert (records[0].funcName, records[0].lineno, records[0].thread) == (
+        "(unknown function)",
+        0,
+        None,
+    )
 
 
 def test_json_traceback_stays_on_one_line() -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import logging
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ def captured_options(
 ) -> dict[str, Any]:
     """The options `serve` hands to uvicorn.run or to `serve_forked` (neither is started)."""
     calls: list[dict[str, Any]] = []
+    for switch in ("_srcfile", "logThreads", "logMultiprocessing"):  # restored after the test
+        monkeypatch.setattr(logging, switch, getattr(logging, switch))
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
     monkeypatch.setattr(
         server,
@@ -47,6 +50,8 @@ def test_serves_on_asyncio_with_httptools_and_a_header_deadline(
     assert (admission.limit, admission.held) == (64, 0)
     assert options["access_log"] is False
     assert options.get("forked", 0) == (workers > 1)
+    # Records skip the caller lookup that no log line shows (see `skip_unused_record_fields`).
+    assert (logging._srcfile, logging.logThreads) == (None, False)
 
 
 @pytest.mark.parametrize(("host", "bind"), [("127.0.0.1", "127.0.0.1:8123"), ("::", "[::]:8123")])

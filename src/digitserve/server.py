@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from digitserve.classifier import Classifier
 from digitserve.errors import PROBLEM_MEDIA_TYPE, RequestTimeout, problem
-from digitserve.logs import logging_config, new_request_id
+from digitserve.logs import logging_config, new_request_id, skip_unused_record_fields
 from digitserve.middleware import ADMITTED_KEY
 from digitserve.settings import Settings
 
@@ -191,6 +191,7 @@ def serve(settings: Settings, classifier: Classifier) -> None:
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found; with a no-op
     # handler there the process exits 0 after a clean stop, as orchestrators expect.
     signal.signal(signal.SIGTERM, _ignore)
+    skip_unused_record_fields()
     app = create_app(settings, classifier, handle_sigterm=True)
     if settings.workers == 1:
         uvicorn.run(app, **options)
