@@ -185,7 +185,7 @@ def measure_levels(colour: FloatArray) -> Levels:
     # it (a ratio), so a shadowed corner is not ink. On a dark ground (near 0) the difference is.
     relative = not inverted
     distance = _distance(sample, paper, relative=relative)
-    ink_level = _levels(distance)[1]
+    ink_level = _ink_level(distance.ravel())
     if ink_level < MIN_CONTRAST:
         return Levels(np.zeros(luminance.shape, np.float32), ink_level, inverted, False)
     planes: Sequence[FloatArray | np.float32] = paper
@@ -232,14 +232,19 @@ def _levels(distance: FloatArray) -> tuple[float, float]:
     pixels only, as ink may cover more than half of a tightly cropped image.
     """
     flat = distance.ravel()
-    high = min(int(0.998 * len(flat)), len(flat) - 1)
-    ink_level = float(np.partition(flat, high)[high])
+    ink_level = _ink_level(flat)
     paper = flat[flat < 0.5 * ink_level]
     if len(paper) == 0:
         return 0.0, ink_level
     # The median, not the mean: faint ink (a training digit's light cells) must not lift it.
     middle = len(paper) // 2
     return float(np.partition(paper, middle)[middle]), ink_level
+
+
+def _ink_level(flat: FloatArray) -> float:
+    """The ink level alone: the 99.8% quantile of the distances (see `_levels`)."""
+    high = min(int(0.998 * len(flat)), len(flat) - 1)
+    return float(np.partition(flat, high)[high])
 
 
 def _border(plane: FloatArray) -> FloatArray:
