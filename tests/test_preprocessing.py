@@ -27,6 +27,7 @@ from digitserve.preprocessing import (
     draft_scale,
     image_to_features,
     ink_intensity,
+    load_pixels,
     luma,
     open_image,
     pixels_to_features,
@@ -199,6 +200,27 @@ def test_libjpeg_turbo_decodes_exactly_as_pillow(
     decoded, reference = decode_image(data, max_pixels=LIMIT), pillow_decode(data)
     assert (decoded.mode, decoded.size) == (reference.mode, reference.size)
     assert np.array_equal(np.asarray(decoded), np.asarray(reference))
+    # The service reads libjpeg-turbo's array itself, never a Pillow copy: the same reading.
+    pixels = load_pixels(opened)
+    assert isinstance(pixels, np.ndarray)
+    assert np.array_equal(pixels, np.asarray(reference))
+    from_pixels, from_image = read_digit(pixels), read_digit(reference)
+    assert from_pixels.features.tolist() == from_image.features.tolist()
+    assert (from_pixels.warnings, from_pixels.reframed) == (
+        from_image.warnings,
+        from_image.reframed,
+    )
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_banded_reduction_of_pixels_equals_the_images(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(11)
+    image = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).convert(mode)
+    whole = plain_features(image)
+    monkeypatch.setattr("digitserve.preprocessing.BAND_PIXELS", 56 * 3)
+    assert plain_features(np.asarray(image)).tolist() == whole.tolist()
 
 
 @pytest.mark.parametrize("side", [8, 63, 64, 127, 128, 255, 256, 511, 512, 1000])
@@ -217,7 +239,9 @@ def test_exif_and_xmp_orientation_of_a_jpeg_are_applied(seven: NDArray[np.int64]
     exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
     for data in (encode(stored, "JPEG", exif=exif.tobytes()), encode(stored, "JPEG", xmp=xmp)):
-        assert open_image(data, max_pixels=LIMIT).pillow is not None  # Pillow reads the metadata
+        opened = open_image(data, max_pixels=LIMIT)
+        assert opened.pillow is not None  # Pillow reads the metadata
+        assert isinstance(load_pixels(opened), Image.Image)  # turned upright by Pillow
         decoded = decode_image(data, max_pixels=LIMIT)
         assert np.array_equal(np.asarray(decoded), np.asarray(pillow_decode(data)))
         assert np.abs(to_features(decoded) - seven).max() <= 1

@@ -48,11 +48,12 @@ def confidence_warnings(probabilities: dict[str, float]) -> tuple[Diagnostic, ..
     """Warn when the two most probable classes are within `LOW_CONFIDENCE_MARGIN`."""
     if len(probabilities) < 2:
         return ()
+    p_second, p_first = sorted(probabilities.values())[-2:]
+    if p_first - p_second >= LOW_CONFIDENCE_MARGIN:
+        return ()  # the usual case, decided without naming the classes
     (first, p_first), (second, p_second) = sorted(probabilities.items(), key=lambda item: -item[1])[
         :2
     ]
-    if p_first - p_second >= LOW_CONFIDENCE_MARGIN:
-        return ()
     return (
         warning(
             "low_confidence",

@@ -73,6 +73,13 @@ _SQRT3 = math.sqrt(3.0)
 
 Features = NDArray[np.int64]
 
+Pixels = NDArray[np.uint8]
+"""Decoded pixels, upright: (height, width) grey or (height, width, 3) RGB."""
+
+Decoded = Image.Image | Pixels
+"""What decoding gives: a Pillow image, or a JPEG's pixels as libjpeg-turbo left them (which
+`read_digit` reads without a round trip through Pillow, costlier than decoding a small JPEG)."""
+
 
 def sniff_media_type(data: bytes) -> str | None:
     """Tell an image's media type from its first bytes; the client's label is not trusted."""
@@ -210,19 +217,35 @@ def _metadata_free(data: bytes) -> bool:
 
 
 def load_image(image: OpenedImage) -> Image.Image:
+    """Decode the pixels of an image from `open_image`, upright, as a Pillow image."""
+    return as_image(load_pixels(image))
+
+
+def as_image(decoded: Decoded) -> Image.Image:
+    """A Pillow image of decoded pixels (sharing a grey array's memory)."""
+    if isinstance(decoded, Image.Image):
+        return decoded
+    mode = "L" if decoded.ndim == 2 else "RGB"
+    height, width = decoded.shape[:2]
+    return Image.frombuffer(mode, (width, height), decoded, "raw", mode, 0, 1)
+
+
+def load_pixels(image: OpenedImage) -> Decoded:
     """Decode the pixels of an image from `open_image`, upright (EXIF orientation applied).
 
     A large JPEG is decoded at a reduced DCT scale (`DRAFT_SIDE`). libjpeg-turbo decodes JPEGs
     straight from the bytes (Pillow's decoder is the same library, behind ~70 µs of Python per
     image); a JPEG it refuses, even for a mere warning, is decoded by Pillow, which decides what
-    is corrupt exactly as before. The result is in whatever mode the file has; `normalised` brings
-    it to "L" or "RGB" one band of rows at a time.
+    is corrupt exactly as before. libjpeg-turbo's pixels come as they are (grey or RGB) when the
+    file has no orientation metadata; otherwise the result is a Pillow image in whatever mode the
+    file has, which `normalised` brings to "L" or "RGB" one band of rows at a time.
     """
     if image.turbo_colourspace is not None:
-        decoded = _turbo_decode(image, image.turbo_colourspace)
-        if decoded is not None:
+        pixels = _turbo_decode(image, image.turbo_colourspace)
+        if pixels is not None:
             if image.pillow is None:
-                return decoded
+                return pixels
+            decoded = as_image(pixels)
             decoded.info.update(image.pillow.info)  # the orientation, for exif_transpose
             return ImageOps.exif_transpose(decoded)
     pillow = image.pillow or _pillow_open(image.data, image.media_type, image.max_pixels)
@@ -235,7 +258,7 @@ def load_image(image: OpenedImage) -> Image.Image:
     return ImageOps.exif_transpose(pillow)
 
 
-def _turbo_decode(image: OpenedImage, colourspace: str) -> Image.Image | None:
+def _turbo_decode(image: OpenedImage, colourspace: str) -> Pixels | None:
     """A JPEG decoded by libjpeg-turbo at Pillow's draft scale; None if libjpeg-turbo objects."""
     scale = draft_scale(image.width, image.height)
     try:
@@ -247,10 +270,8 @@ def _turbo_decode(image: OpenedImage, colourspace: str) -> Image.Image | None:
         )
     except ValueError:
         return None
-    height, width, channels = pixels.shape
-    mode = "L" if channels == 1 else "RGB"
-    # Pillow wraps the array's memory as is (`fromarray` costs more than the decode).
-    return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
+    decoded: Pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+    return decoded
 
 
 def draft_scale(width: int, height: int) -> int:
@@ -378,7 +399,7 @@ def normalised(image: Image.Image) -> Image.Image:
     return result
 
 
-def plain_features(image: Image.Image, pixels: NDArray[np.uint8] | None = None) -> Features:
+def plain_features(image: Decoded, pixels: Pixels | None = None) -> Features:
     """The plain reduction: the whole image, area-averaged to 8x8, no levels and no framing.
 
     Exact for input framed like the training data (8x8 grids, 32x32 bitmaps, their upscales).
@@ -386,18 +407,23 @@ def plain_features(image: Image.Image, pixels: NDArray[np.uint8] | None = None) 
     is the same grid, while the float working set stays bounded whatever the image size.
     `pixels`, the normalised image's own array when the caller has it, saves reading it again.
     """
-    image = normalised(image)
-    width, height = image.size
+    if isinstance(image, np.ndarray):
+        pixels = image
+    else:
+        image = normalised(image)
+    height, width = _shape(image)
     rows = _overlap_matrix(height, GRID)
     columns = _overlap_matrix(width, GRID)
     band = max(1, BAND_PIXELS // width)
     grid = np.zeros((GRID, GRID), dtype=np.float32)
     for top in range(0, height, band):
         bottom = min(height, top + band)
-        if band >= height:
-            ink = ink_intensity(image) if pixels is None else pixel_ink(pixels)
+        if pixels is not None:
+            ink = pixel_ink(pixels[top:bottom])
+        elif band >= height:
+            ink = ink_intensity(as_image(image))
         else:
-            ink = ink_intensity(image.crop((0, top, width, bottom)))
+            ink = ink_intensity(as_image(image).crop((0, top, width, bottom)))
         grid += rows[:, top:bottom] @ ink @ columns.T
     features = quantise(grid)
     if not framing.any_true(features):
@@ -405,17 +431,19 @@ def plain_features(image: Image.Image, pixels: NDArray[np.uint8] | None = None) 
     return features
 
 
-def read_digit(image: Image.Image) -> Preprocessed:
+def read_digit(image: Decoded) -> Preprocessed:
     """Read a decoded image the way the model needs it: levels, polarity, marks, framing.
 
     Input already framed like the training data is read plainly (levels and polarity only).
     """
-    image = normalised(image)
+    if isinstance(image, Image.Image):
+        image = normalised(image)
+    height, width = _shape(image)
     grey, pixels = _working_pixels(image)
     levels = framing.measure_levels(framing.to_array(grey))
     if not framing.has_ink(levels):
         raise BlankImage("the image has no ink: nothing stands out from the paper")
-    if framing.already_framed(levels.ink, min(image.size)):
+    if framing.already_framed(levels.ink, min(height, width)):
         features = (
             plain_features(image, pixels) if levels.clean else quantise(area_average(levels.ink))
         )
@@ -428,7 +456,7 @@ def read_digit(image: Image.Image) -> Preprocessed:
         canvas = framing.frame(levels.ink, marks)
         features = quantise(area_average(canvas))
         top, bottom, _, _ = marks.box
-        source_height = (bottom - top + 1) * image.height / grey.shape[0]
+        source_height = (bottom - top + 1) * height / grey.shape[0]
         diagnostics = framing.level_warnings(levels) + framing.framing_warnings(
             marks, levels.ink.shape, source_height
         )
@@ -438,7 +466,14 @@ def read_digit(image: Image.Image) -> Preprocessed:
     return Preprocessed(features, tuple(diagnostics), reframed)
 
 
-def _working_pixels(image: Image.Image) -> tuple[NDArray[np.uint8], NDArray[np.uint8] | None]:
+def _shape(image: Decoded) -> tuple[int, int]:
+    """Height and width of decoded pixels, array or Pillow image."""
+    if isinstance(image, np.ndarray):
+        return image.shape[0], image.shape[1]
+    return image.height, image.width
+
+
+def _working_pixels(image: Decoded) -> tuple[Pixels, Pixels | None]:
     """The grey pixels to find the digit on, and the image's own pixels when read on the way.
 
     A large image is reduced by a whole factor (box average) to about `framing.WORK_SIDE` a side.
@@ -447,11 +482,11 @@ def _working_pixels(image: Image.Image) -> tuple[NDArray[np.uint8], NDArray[np.u
     image is read into numpy once, for this and for `plain_features`: on an 8x8 image, reading it
     from Pillow costs more than the arithmetic.
     """
-    factor = -(-max(image.size) // framing.WORK_SIDE)
+    factor = -(-max(_shape(image)) // framing.WORK_SIDE)
     if factor > 1:
-        reduced = image.reduce(factor)
+        reduced = as_image(image).reduce(factor)
         return np.asarray(reduced.convert("L") if reduced.mode != "L" else reduced), None
-    pixels: NDArray[np.uint8] = np.asarray(image)
+    pixels: Pixels = np.asarray(image)
     return (pixels if pixels.ndim == 2 else luma(pixels)), pixels
 
 

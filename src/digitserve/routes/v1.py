@@ -42,7 +42,7 @@ from digitserve.preprocessing import (
     OpenedImage,
     Preprocessed,
     declared_pixels,
-    load_image,
+    load_pixels,
     open_image,
     pixels_to_features,
     read_digit,
@@ -446,7 +446,7 @@ def _read_all(images: list[OpenedImage], metrics: Metrics) -> list[Preprocessed]
 def _read_opened(image: OpenedImage, metrics: Metrics) -> Preprocessed:
     """Decode and read an opened image, recording the decode and preprocess times."""
     started = time.perf_counter()
-    pixels = load_image(image)
+    pixels = load_pixels(image)
     decoded = time.perf_counter()
     item = read_digit(pixels)
     metrics.decode_seconds.observe(decoded - started)
