@@ -507,8 +507,8 @@ def to_features(image: Image.Image) -> Features:
 
 
 def preprocess_image(data: bytes, *, max_pixels: int) -> Preprocessed:
-    """Decode and read one encoded image, with warnings."""
-    return read_digit(decode_image(data, max_pixels=max_pixels))
+    """Decode and read one encoded image, with warnings (as the service reads an upload)."""
+    return read_digit(load_pixels(open_image(data, max_pixels=max_pixels)))
 
 
 def image_to_features(data: bytes, *, max_pixels: int) -> Features:
