@@ -213,7 +213,7 @@ def _quantile(values: FloatArray, share: float) -> float:
     """The value below which `share` of the values lie (nearest rank; np.percentile is slower)."""
     flat = values.ravel()
     rank = min(int(share * len(flat)), len(flat) - 1)
-    return float(np.partition(flat, rank)[rank])
+    return float(_partitioned(flat, rank)[rank])
 
 
 def _extremes(values: FloatArray) -> tuple[float, float]:
@@ -221,7 +221,7 @@ def _extremes(values: FloatArray) -> tuple[float, float]:
     flat = values.ravel()
     low = min(int(0.002 * len(flat)), len(flat) - 1)
     high = min(int(0.998 * len(flat)), len(flat) - 1)
-    ordered = np.partition(flat, (low, high))
+    ordered = _partitioned(flat, (low, high))
     return float(ordered[low]), float(ordered[high])
 
 
@@ -238,13 +238,21 @@ def _levels(distance: FloatArray) -> tuple[float, float]:
         return 0.0, ink_level
     # The median, not the mean: faint ink (a training digit's light cells) must not lift it.
     middle = len(paper) // 2
-    return float(np.partition(paper, middle)[middle]), ink_level
+    paper.partition(middle)  # a copy already (boolean indexing)
+    return float(paper[middle]), ink_level
 
 
 def _ink_level(flat: FloatArray) -> float:
     """The ink level alone: the 99.8% quantile of the distances (see `_levels`)."""
     high = min(int(0.998 * len(flat)), len(flat) - 1)
-    return float(np.partition(flat, high)[high])
+    return float(_partitioned(flat, high)[high])
+
+
+def _partitioned(flat: FloatArray, kth: int | tuple[int, ...]) -> FloatArray:
+    """`np.partition(flat, kth)` of a 1-D array without its Python wrapper: a partitioned copy."""
+    ordered = flat.copy()
+    ordered.partition(kth)
+    return ordered
 
 
 def _border(plane: FloatArray) -> FloatArray:
