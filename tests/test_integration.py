@@ -3,6 +3,7 @@
 import base64
 import csv
 import io
+import json
 import socket
 import subprocess
 import sys
@@ -88,6 +89,31 @@ def test_oversized_body_is_refused_before_it_is_sent(live: LiveServer) -> None:
     head = reply.getvalue().split(b"\r\n", 1)[0]
     assert head == b"HTTP/1.1 413 Request Entity Too Large"
     assert requests.get(f"{live.url}/readyz", timeout=5).status_code == 200
+
+
+def test_a_100_continue_goes_out_at_once_and_the_answer_follows(
+    live: LiveServer, render: Renderer, seven: np.ndarray
+) -> None:
+    body = render(seven)
+    with socket.create_connection(
+        ("127.0.0.1", int(live.url.rsplit(":", 1)[1])), timeout=10
+    ) as conn:
+        conn.sendall(
+            b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        interim = conn.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(body)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, answer = reply.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n", 1)[0] == b"HTTP/1.1 200 OK"
+    assert json.loads(answer)["predictions"][0]["label"] == 7
 
 
 def predict_often(url: str, times: int) -> None:
