@@ -135,7 +135,7 @@ def open_image(data: bytes, *, max_pixels: int) -> OpenedImage:
     """Read a JPEG or PNG header: its format, its size and the limits, before any pixel is decoded.
 
     The service opens each image once: the size says whether decoding is cheap enough for the
-    event loop, then `load_image` decodes it. A JPEG's header is read by libjpeg-turbo in C; Pillow
+    event loop, then `load_pixels` decodes it. A JPEG's header is read by libjpeg-turbo in C; Pillow
     reads it too (in Python, about 60 µs) only when the file carries Exif or XMP metadata, which
     may turn the image, or when Pillow is to decode it (PNG, CMYK JPEG, anything libjpeg-turbo
     cannot read).
