@@ -1,6 +1,7 @@
 """Loading the model: what it can do is decided once, and every unusable file is refused clearly."""
 
 import json
+import math
 import pickle
 import shutil
 import warnings
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skops.io
+from sklearn.datasets import load_digits
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 
-from digitserve.classifier import Classifier, load_classifier
+from digitserve.classifier import Classifier, KernelTable, load_classifier
 from digitserve.errors import ModelLoadError
 from digitserve.training import Split
 from tests.conftest import MODEL_PATH
@@ -25,9 +27,63 @@ def write_pickle(path: Path, obj: object) -> Path:
     return path
 
 
-def test_bundled_svc_skips_per_call_checks_only_when_answers_match(classifier: Classifier) -> None:
-    assert classifier.direct
-    assert classifier.predict_labels != classifier.estimator.predict
+def test_bundled_svc_takes_the_kernel_table(classifier: Classifier) -> None:
+    assert classifier.path == "kernel-table"
+
+
+def test_kernel_table_answers_bit_for_bit_like_scikit_learn(classifier: Classifier) -> None:
+    rows = load_digits().data.astype(np.int64)
+    labels, probabilities = classifier.answer(rows)
+    assert np.array_equal(labels, classifier.estimator.predict(rows))
+    assert np.array_equal(probabilities, classifier.estimator.predict_proba(rows))
+
+
+def test_kernel_is_exp_of_the_exact_squared_distance(classifier: Classifier) -> None:
+    table = KernelTable.build(classifier.estimator, fallback=classifier.answer)
+    assert table is not None
+    rows = np.random.default_rng(3).integers(0, 17, size=(5, 64)).astype(np.float64)
+    vectors = classifier.estimator.support_vectors_
+    gamma = classifier.estimator._gamma
+    expected = [
+        [math.exp(-gamma * float(((row - vector) ** 2).sum())) for vector in vectors]
+        for row in rows
+    ]
+    assert table.kernel(rows).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.full((2, 64), 17, dtype=np.int64),  # past the table's largest distance
+        np.full((1, 64), -1, dtype=np.int64),
+        np.linspace(0, 16, 64).reshape(1, 64),  # not integers
+        np.zeros((0, 64), dtype=np.int64),
+    ],
+    ids=["above-16", "negative", "fractions", "no-rows"],
+)
+def test_rows_outside_the_table_are_answered_by_libsvm(
+    classifier: Classifier, rows: np.ndarray
+) -> None:
+    labels, probabilities = classifier.answer(rows)
+    floats = rows.astype(np.float64)
+    if len(rows):
+        assert np.array_equal(labels, classifier.estimator.predict(floats))
+        assert np.array_equal(probabilities, classifier.estimator.predict_proba(floats))
+    else:
+        assert labels.shape == (0,)
+
+
+def test_svc_on_fractional_features_calls_libsvm_directly(tmp_path: Path, split: Split) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # probability=True, deprecated in 1.9
+        model = SVC(gamma=0.001 * 256, probability=True, random_state=0)
+        model.fit(split.x_train / 16, split.y_train)
+    loaded = load_classifier(write_pickle(tmp_path / "scaled.pickle", model))
+    assert loaded.path == "libsvm"
+    rows = split.x_test[:5] / 16
+    labels, probabilities = loaded.answer(rows)
+    assert np.array_equal(labels, model.predict(rows))
+    assert np.array_equal(probabilities, model.predict_proba(rows))
 
 
 def test_svc_subclass_or_sparse_model_uses_the_public_api(tmp_path: Path, split: Split) -> None:
@@ -38,7 +94,7 @@ def test_svc_subclass_or_sparse_model_uses_the_public_api(tmp_path: Path, split:
         model = SVC(gamma=0.001, probability=True, random_state=0)
         model.fit(scipy.sparse.csr_matrix(split.x_train), split.y_train)
     loaded = load_classifier(write_pickle(tmp_path / "sparse.pickle", model))
-    assert not loaded.direct
+    assert loaded.path == "scikit-learn"
     assert (
         loaded.predict(split.x_test[:3].astype(np.int64))[0].label
         == model.predict(split.x_test[:1])[0]

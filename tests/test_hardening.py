@@ -49,7 +49,7 @@ def test_the_500_envelope_is_hardened_too(settings: Settings, classifier: Classi
     def fail(rows: Any) -> Any:
         raise RuntimeError("/srv/secret")
 
-    broken = dataclasses.replace(classifier, predict_labels=fail)
+    broken = dataclasses.replace(classifier, answer=fail)
     with TestClient(create_app(settings, broken), raise_server_exceptions=False) as client:
         response = client.post(PREDICT, json=PIXELS)
     assert_problem(response, 500, "internal_error")

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import pickle
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,10 +18,12 @@ from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
 from sklearn.svm import SVC
+from sklearn.svm import _libsvm as libsvm
+from sklearn.svm._base import LIBSVM_IMPL
 from sklearn.utils.validation import check_is_fitted
 
 from digitserve.errors import ModelLoadError
-from digitserve.preprocessing import N_FEATURES
+from digitserve.preprocessing import LEVELS, N_FEATURES
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,12 @@ ScoreKind = Literal["probabilities", "decision_scores"]
 Label = int | str
 Rows = NDArray[np.float64]
 Predictor = Callable[[Rows], NDArray[Any]]
+Answers = tuple[NDArray[Any], NDArray[Any]]
+Answerer = Callable[[NDArray[Any]], Answers]
+"""(n, 64) feature rows -> each row's label, as `predict()` gives it, and its score per class."""
+PredictionPath = Literal["scikit-learn", "libsvm", "kernel-table"]
+"""How predictions are made: the public API, libsvm without per-call checks (`_direct_svc`), or
+libsvm given a kernel looked up once per call (`KernelTable`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +62,8 @@ class Classifier:
     sha256: str
     classes: tuple[Label, ...]
     score_kind: ScoreKind
-    predict_labels: Predictor = field(repr=False)
-    predict_scores: Predictor = field(repr=False)
-    direct: bool = False
-    """Whether predictions skip scikit-learn's per-call input checks (see `_direct_svc`)."""
+    answer: Answerer = field(repr=False)
+    path: PredictionPath = "scikit-learn"
     card: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -66,9 +73,7 @@ class Classifier:
 
     def predict(self, features: NDArray[np.int64]) -> list[Prediction]:
         """Classify a batch of (n, 64) feature rows."""
-        rows = np.ascontiguousarray(features, dtype=np.float64).reshape(-1, N_FEATURES)
-        labels = self.predict_labels(rows)
-        scores = np.asarray(self.predict_scores(rows), dtype=np.float64)
+        labels, scores = self.answer(features.reshape(-1, N_FEATURES))
         keys = self.class_keys
         index = {label: position for position, label in enumerate(self.classes)}
         predictions = []
@@ -76,6 +81,22 @@ class Classifier:
             confidence = row[index[label]] if self.score_kind == "probabilities" else None
             predictions.append(Prediction(label, confidence, dict(zip(keys, row, strict=True))))
         return predictions
+
+
+def float_rows(features: NDArray[Any]) -> Rows:
+    """The C-contiguous float64 rows scikit-learn and libsvm compute on."""
+    return np.ascontiguousarray(features, dtype=np.float64)
+
+
+def answerer(predictors: tuple[Predictor, Predictor]) -> Answerer:
+    """Ask for labels, then scores, from the same float rows."""
+    labels, scores = predictors
+
+    def answer(features: NDArray[Any]) -> Answers:
+        rows = float_rows(features)
+        return labels(rows), np.asarray(scores(rows), dtype=np.float64)
+
+    return answer
 
 
 def _public_predictors(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor, Predictor]:
@@ -110,13 +131,106 @@ def _direct_svc(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor, Predi
     return labels, dense_proba
 
 
-def _same_answers(fast: tuple[Predictor, Predictor], public: tuple[Predictor, Predictor]) -> bool:
+@dataclass(frozen=True, slots=True)
+class KernelTable:
+    """An RBF SVC's kernel for integer features 0..16, computed once per call from a table.
+
+    libsvm works the RBF kernel out one support vector at a time, in a scalar loop, and does it
+    twice per row: once for the label, once again for the probabilities. With features and
+    support vectors that are integers 0..16, |x - sv|^2 is an integer from 0 to 64 * 16^2, which
+    float64 holds exactly however the sum is ordered: |x|^2 + |sv|^2 - 2 x.sv from one matrix
+    product gives the very number libsvm's loop does, and exp(-gamma * that) is looked up in a
+    table made with `math.exp`, the C library's exp that libsvm calls. libsvm then takes the
+    kernel in its precomputed-kernel mode and votes and couples probabilities as it always does,
+    so answers are bit for bit its own (`load_classifier` checks that before using this).
+    """
+
+    estimator: Any
+    minus_twice_vectors_t: Rows
+    """-2 * the support vectors, transposed: one product gives -2 x.sv for every pair."""
+    squared_norms: Rows
+    exp_table: Rows
+    """exp(-gamma * s) for every possible squared distance s."""
+    support: NDArray[np.int32]
+    svm_type: int
+    fallback: Answerer
+    """For rows the table does not cover: not integers 0..16."""
+
+    @classmethod
+    def build(cls, estimator: Any, fallback: Answerer) -> "KernelTable | None":
+        """The table for an RBF SVC whose support vectors are integers 0..16, or None."""
+        if type(estimator) is not SVC or estimator.kernel != "rbf":
+            return None
+        vectors: Rows = np.ascontiguousarray(estimator.support_vectors_, dtype=np.float64)
+        if vectors.ndim != 2 or vectors.shape[1] != N_FEATURES or not _digit_levels(vectors):
+            return None
+        gamma = float(estimator._gamma)
+        largest = N_FEATURES * LEVELS**2
+        return cls(
+            estimator=estimator,
+            minus_twice_vectors_t=np.ascontiguousarray(-2.0 * vectors.T),
+            squared_norms=np.einsum("ij,ij->i", vectors, vectors),
+            exp_table=np.array([math.exp(-gamma * s) for s in range(largest + 1)]),
+            support=np.arange(len(vectors), dtype=np.int32),
+            svm_type=LIBSVM_IMPL.index(estimator._impl),
+            fallback=fallback,
+        )
+
+    def kernel(self, rows: Rows) -> Rows:
+        """The (n, support vectors) kernel of integer rows 0..16."""
+        distances = rows @ self.minus_twice_vectors_t
+        distances += self.squared_norms
+        distances += (rows * rows).sum(axis=1, keepdims=True)
+        kernel: Rows = self.exp_table.take(distances.astype(np.intp))
+        return kernel
+
+    def answer(self, features: NDArray[Any]) -> Answers:
+        """Labels and probabilities from one kernel, or from the fallback outside the table."""
+        if features.dtype.kind not in "iub" or not features.size:
+            return self.fallback(features)
+        if features.min() < 0 or features.max() > LEVELS:
+            return self.fallback(features)
+        kernel = self.kernel(float_rows(features))
+        model = self.estimator
+        arguments = (
+            self.support,
+            _NO_VECTORS,
+            model._n_support,
+            model._dual_coef_,
+            model._intercept_,
+            model._probA,
+            model._probB,
+        )
+        options = {
+            "svm_type": self.svm_type,
+            "kernel": "precomputed",
+            "degree": model.degree,
+            "coef0": model.coef0,
+            "gamma": model._gamma,
+            "cache_size": model.cache_size,
+        }
+        positions = libsvm.predict(kernel, *arguments, **options).astype(np.intp)
+        probabilities = libsvm.predict_proba(kernel, *arguments, **options)
+        return np.asarray(model.classes_).take(positions), probabilities
+
+
+_NO_VECTORS = np.empty((0, 0), dtype=np.float64)
+"""libsvm's precomputed-kernel mode reads the kernel, not the support vectors."""
+
+
+def _digit_levels(values: Rows) -> bool:
+    """Whether every value is an integer 0..16, as the features are."""
+    integers = np.array_equal(values, np.rint(values))
+    return bool(integers and values.size and values.min() >= 0 and values.max() <= LEVELS)
+
+
+def _same_answers(fast: Answerer, public: Answerer) -> bool:
     """Check a fast path against the public API on digit-like rows, at load time."""
-    rows = np.random.default_rng(0).integers(0, 17, size=(64, N_FEATURES)).astype(np.float64)
+    rows = np.random.default_rng(0).integers(0, LEVELS + 1, size=(64, N_FEATURES))
     try:
-        return bool(
-            np.array_equal(fast[0](rows), public[0](rows))
-            and np.array_equal(fast[1](rows), public[1](rows))
+        return all(
+            np.array_equal(ours, theirs)
+            for ours, theirs in zip(fast(rows), public(rows), strict=True)
         )
     except Exception:  # any failure of the private path means: use the public one
         return False
@@ -182,11 +296,7 @@ def load_classifier(
     else:
         raise ModelLoadError(f"{path} has neither predict_proba nor decision_function")
     card = _read_card(path, sha256)
-    public = _public_predictors(estimator, score_kind)
-    direct = _direct_svc(estimator, score_kind)
-    if direct is not None and not _same_answers(direct, public):
-        logger.warning("%s: direct libsvm calls disagree with scikit-learn's API; not used", path)
-        direct = None
+    path_taken, answer = _fastest_answerer(path, estimator, score_kind)
     classifier = Classifier(
         estimator=estimator,
         name=name,
@@ -194,9 +304,8 @@ def load_classifier(
         sha256=sha256,
         classes=tuple(np.asarray(estimator.classes_).tolist()),
         score_kind=score_kind,
-        predict_labels=(direct or public)[0],
-        predict_scores=(direct or public)[1],
-        direct=direct is not None,
+        answer=answer,
+        path=path_taken,
         card=card,
     )
     try:
@@ -204,6 +313,27 @@ def load_classifier(
     except Exception as exc:
         raise ModelLoadError(f"{path} failed a warm-up prediction: {exc}") from exc
     return classifier
+
+
+def _fastest_answerer(
+    path: Path, estimator: Any, score_kind: ScoreKind
+) -> tuple[PredictionPath, Answerer]:
+    """The fastest way to predict that gives exactly the public API's answers."""
+    public = answerer(_public_predictors(estimator, score_kind))
+    direct_predictors = _direct_svc(estimator, score_kind)
+    if direct_predictors is None:
+        return "scikit-learn", public
+    direct = answerer(direct_predictors)
+    if not _same_answers(direct, public):
+        logger.warning("%s: direct libsvm calls disagree with scikit-learn's API; not used", path)
+        return "scikit-learn", public
+    table = KernelTable.build(estimator, fallback=direct)
+    if table is None:
+        return "libsvm", direct
+    if not _same_answers(table.answer, public):
+        logger.warning("%s: the kernel table disagrees with scikit-learn's API; not used", path)
+        return "libsvm", direct
+    return "kernel-table", table.answer
 
 
 def _unpickle(path: Path, data: bytes) -> Any:

@@ -357,7 +357,7 @@ def test_500_hides_internals(
     def fail(rows: Any) -> Any:
         raise RuntimeError("secret path /srv/model.pickle")
 
-    broken = dataclasses.replace(classifier, predict_labels=fail)
+    broken = dataclasses.replace(classifier, answer=fail)
     with TestClient(create_app(settings, broken), raise_server_exceptions=False) as client:
         response = client.post(
             PREDICT, content=render(seven), headers={"content-type": "image/jpeg"}
