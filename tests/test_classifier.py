@@ -31,8 +31,11 @@ def test_bundled_svc_takes_the_kernel_table(classifier: Classifier) -> None:
     assert classifier.path == "kernel-table"
 
 
-def test_kernel_table_answers_bit_for_bit_like_scikit_learn(classifier: Classifier) -> None:
-    rows = load_digits().data.astype(np.int64)
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, np.float32, np.float64])
+def test_kernel_table_answers_bit_for_bit_like_scikit_learn(
+    classifier: Classifier, dtype: type
+) -> None:
+    rows = load_digits().data.astype(dtype)
     labels, probabilities = classifier.answer(rows)
     assert np.array_equal(labels, classifier.estimator.predict(rows))
     assert np.array_equal(probabilities, classifier.estimator.predict_proba(rows))

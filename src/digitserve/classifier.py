@@ -154,7 +154,7 @@ class KernelTable:
     support: NDArray[np.int32]
     svm_type: int
     fallback: Answerer
-    """For rows the table does not cover: not integers 0..16."""
+    """For rows the table does not cover: not integers 0..16, or none at all."""
 
     @classmethod
     def build(cls, estimator: Any, fallback: Answerer) -> "KernelTable | None":
@@ -186,9 +186,7 @@ class KernelTable:
 
     def answer(self, features: NDArray[Any]) -> Answers:
         """Labels and probabilities from one kernel, or from the fallback outside the table."""
-        if features.dtype.kind not in "iub" or not features.size:
-            return self.fallback(features)
-        if features.min() < 0 or features.max() > LEVELS:
+        if not _digit_levels(features):
             return self.fallback(features)
         kernel = self.kernel(float_rows(features))
         model = self.estimator
@@ -218,10 +216,13 @@ _NO_VECTORS = np.empty((0, 0), dtype=np.float64)
 """libsvm's precomputed-kernel mode reads the kernel, not the support vectors."""
 
 
-def _digit_levels(values: Rows) -> bool:
-    """Whether every value is an integer 0..16, as the features are."""
-    integers = np.array_equal(values, np.rint(values))
-    return bool(integers and values.size and values.min() >= 0 and values.max() <= LEVELS)
+def _digit_levels(values: NDArray[Any]) -> bool:
+    """Whether there are values and every one is an integer 0..16, as the features are."""
+    if not values.size or values.dtype.kind not in "iuf":
+        return False
+    if values.dtype.kind == "f" and not np.array_equal(values, np.rint(values)):
+        return False  # fractions, or NaN
+    return bool(values.min() >= 0 and values.max() <= LEVELS)
 
 
 def _same_answers(fast: Answerer, public: Answerer) -> bool:
