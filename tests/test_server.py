@@ -23,13 +23,22 @@ def captured_options(
     calls: list[dict[str, Any]] = []
     for switch in ("_srcfile", "logThreads", "logMultiprocessing"):  # restored after the test
         monkeypatch.setattr(logging, switch, getattr(logging, switch))
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    monkeypatch.setattr(
+        uvicorn,
+        "run",
+        lambda app, **options: calls.append({**options, "frozen": gc.get_freeze_count()}),
+    )
     monkeypatch.setattr(
         server,
         "serve_forked",
-        lambda app, settings, options: calls.append({**options, "forked": 1}),
+        lambda app, settings, options: calls.append(
+            {**options, "forked": 1, "frozen": gc.get_freeze_count()}
+        ),
     )
-    server.serve(Settings(model_path=MODEL_PATH, **overrides), classifier)
+    try:
+        server.serve(Settings(model_path=MODEL_PATH, **overrides), classifier)
+    finally:
+        gc.unfreeze()
     [options] = calls
     return options
 
@@ -50,6 +59,9 @@ def test_serves_on_asyncio_with_httptools_and_a_header_deadline(
     assert (admission.limit, admission.held) == (64, 0)
     assert options["access_log"] is False
     assert options.get("forked", 0) == (workers > 1)
+    # What start-up made is frozen before serving: full collections skip it (and forked workers
+    # leave the arbiter's pages alone).
+    assert options["frozen"] > 10_000
     # Records skip the caller lookup that no log line shows (see `skip_unused_record_fields`).
     assert (logging._srcfile, logging.logThreads) == (None, False)
 
@@ -65,10 +77,7 @@ def test_workers_are_forked_by_gunicorn_after_the_model_is_loaded(
     )
     app = object()
     options = {"host": host, "port": 8123, "log_config": {}, "loop": "asyncio", "http": "ours"}
-    try:
-        server.serve_forked(app, settings, options)  # type: ignore[arg-type]
-    finally:
-        gc.unfreeze()
+    server.serve_forked(app, settings, options)  # type: ignore[arg-type]
     [arbiter] = arbiters
     assert arbiter.load() is app  # built here, with the model: the workers inherit both
     cfg = arbiter.cfg
