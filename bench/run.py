@@ -378,7 +378,24 @@ def worker_memory(bodies: dict[str, Body], workers: int, repeat: int) -> dict[st
 
 
 def in_process(bodies: dict[str, Body]) -> dict[str, float]:
-    """Microseconds per call of decode + preprocess + predict, and of a full-resolution decode."""
+    """Microseconds per call of decode + preprocess + predict, and of a full-resolution decode.
+
+    Timed on the servers' core, where the pipeline runs in the server.
+    """
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(SERVER_CORE)})
+    try:
+        return _in_process(bodies)
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+def lowest(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each timing's best over runs: the cost, with less of the machine's drift in it."""
+    return {key: min(run[key] for run in runs) for key in runs[0]}
+
+
+def _in_process(bodies: dict[str, Body]) -> dict[str, float]:
     classifier = load_classifier(ROOT / "model" / "classifier.pickle")
     timings: dict[str, float] = {}
     for name in ("jpeg-8px", "jpeg-256px", "jpeg-12mp"):
@@ -528,8 +545,10 @@ def main(argv: list[str] | None = None) -> int:
         "overload": args.overload,
         "workers": args.workers,
         "results": [],
-        "in_process_us": in_process(bodies),
     }
+    # Timed before the cells and again after them; the budget takes the best of the two, so a
+    # machine slowed for one of them does not loosen it.
+    in_process_runs = [in_process(bodies)]
     per_round = max(1.0, args.seconds / max(args.rounds, 1))
     report["rounds"] = args.rounds
     wanted = [server for server in servers(args.workers) if server.name in (args.servers or NAMES)]
@@ -584,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in wanted:
                 stop(server)
+    in_process_runs.append(in_process(bodies))
+    report["in_process_runs_us"] = in_process_runs
+    report["in_process_us"] = lowest(in_process_runs)
     if "digitserve" in (args.servers or NAMES):
         report["memory"] = worker_memory(chosen, MEMORY_WORKERS, repeat=3 if args.smoke else 20)
     report["targets"] = targets(report)

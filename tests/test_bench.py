@@ -43,3 +43,7 @@ def test_smoke_run_measures_every_server_with_correct_answers(tmp_path: Path) ->
     assert 0 < memory["per_worker_mb"] < memory["total_mb"]
     assert (tmp_path / "smoke.md").read_text().startswith("Run ")
     assert any("12 MP JPEG" in line for line in report["targets"])
+    # The pipeline is timed before and after the cells; the budget takes each timing's best.
+    before, after = report["in_process_runs_us"]
+    assert report["in_process_us"] == {key: min(before[key], after[key]) for key in before}
+    assert report["in_process_us"]["jpeg-8px_pipeline_us"] > 0
