@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 
-from digitserve.classifier import Classifier, KernelTable, load_classifier
+from digitserve.classifier import KERNEL_BLOCK_ROWS, Classifier, KernelTable, load_classifier
 from digitserve.errors import ModelLoadError
 from digitserve.training import Split
 from tests.conftest import MODEL_PATH
@@ -35,7 +35,8 @@ def test_bundled_svc_takes_the_kernel_table(classifier: Classifier) -> None:
 def test_kernel_table_answers_bit_for_bit_like_scikit_learn(
     classifier: Classifier, dtype: type
 ) -> None:
-    rows = load_digits().data.astype(dtype)
+    rows = load_digits().data.astype(dtype)  # 1,797 rows: several kernel blocks
+    assert len(rows) > 2 * KERNEL_BLOCK_ROWS
     labels, probabilities = classifier.answer(rows)
     assert np.array_equal(labels, classifier.estimator.predict(rows))
     assert np.array_equal(probabilities, classifier.estimator.predict_proba(rows))

@@ -188,7 +188,20 @@ class KernelTable:
         """Labels and probabilities from one kernel, or from the fallback outside the table."""
         if not _digit_levels(features):
             return self.fallback(features)
-        kernel = self.kernel(float_rows(features))
+        rows = float_rows(features)
+        if len(rows) <= KERNEL_BLOCK_ROWS:
+            return self._answer_block(rows)
+        blocks = [
+            self._answer_block(rows[start : start + KERNEL_BLOCK_ROWS])
+            for start in range(0, len(rows), KERNEL_BLOCK_ROWS)
+        ]
+        return (
+            np.concatenate([labels for labels, _ in blocks]),
+            np.concatenate([scores for _, scores in blocks]),
+        )
+
+    def _answer_block(self, rows: Rows) -> Answers:
+        kernel = self.kernel(rows)
         model = self.estimator
         arguments = (
             self.support,
@@ -211,6 +224,9 @@ class KernelTable:
         probabilities = libsvm.predict_proba(kernel, *arguments, **options)
         return np.asarray(model.classes_).take(positions), probabilities
 
+
+KERNEL_BLOCK_ROWS = 256
+"""Rows whose kernel is computed at once: a few MB at most, however large a batch is allowed."""
 
 _NO_VECTORS = np.empty((0, 0), dtype=np.float64)
 """libsvm's precomputed-kernel mode reads the kernel, not the support vectors."""
