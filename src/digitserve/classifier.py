@@ -145,14 +145,15 @@ class KernelTable:
     so answers are bit for bit its own (`load_classifier` checks that before using this).
     """
 
-    estimator: Any
     minus_twice_vectors_t: Rows
     """-2 * the support vectors, transposed: one product gives -2 x.sv for every pair."""
     squared_norms: Rows
     exp_table: Rows
     """exp(-gamma * s) for every possible squared distance s."""
-    support: NDArray[np.int32]
-    svm_type: int
+    classes: NDArray[Any]
+    model_arguments: tuple[Any, ...]
+    """What libsvm's predict calls take after the kernel: the fitted model, read once."""
+    model_options: dict[str, Any]
     fallback: Answerer
     """For rows the table does not cover: not integers 0..16, or none at all."""
 
@@ -167,12 +168,27 @@ class KernelTable:
         gamma = float(estimator._gamma)
         largest = N_FEATURES * LEVELS**2
         return cls(
-            estimator=estimator,
             minus_twice_vectors_t=np.ascontiguousarray(-2.0 * vectors.T),
             squared_norms=np.einsum("ij,ij->i", vectors, vectors),
             exp_table=np.array([math.exp(-gamma * s) for s in range(largest + 1)]),
-            support=np.arange(len(vectors), dtype=np.int32),
-            svm_type=LIBSVM_IMPL.index(estimator._impl),
+            classes=np.asarray(estimator.classes_),
+            model_arguments=(
+                np.arange(len(vectors), dtype=np.int32),  # the kernel's columns, in order
+                _NO_VECTORS,
+                estimator._n_support,
+                estimator._dual_coef_,
+                estimator._intercept_,
+                estimator._probA,
+                estimator._probB,
+            ),
+            model_options={
+                "svm_type": LIBSVM_IMPL.index(estimator._impl),
+                "kernel": "precomputed",
+                "degree": estimator.degree,
+                "coef0": estimator.coef0,
+                "gamma": estimator._gamma,
+                "cache_size": estimator.cache_size,
+            },
             fallback=fallback,
         )
 
@@ -202,27 +218,10 @@ class KernelTable:
 
     def _answer_block(self, rows: Rows) -> Answers:
         kernel = self.kernel(rows)
-        model = self.estimator
-        arguments = (
-            self.support,
-            _NO_VECTORS,
-            model._n_support,
-            model._dual_coef_,
-            model._intercept_,
-            model._probA,
-            model._probB,
-        )
-        options = {
-            "svm_type": self.svm_type,
-            "kernel": "precomputed",
-            "degree": model.degree,
-            "coef0": model.coef0,
-            "gamma": model._gamma,
-            "cache_size": model.cache_size,
-        }
+        arguments, options = self.model_arguments, self.model_options
         positions = libsvm.predict(kernel, *arguments, **options).astype(np.intp)
         probabilities = libsvm.predict_proba(kernel, *arguments, **options)
-        return np.asarray(model.classes_).take(positions), probabilities
+        return self.classes.take(positions), probabilities
 
 
 KERNEL_BLOCK_ROWS = 256

@@ -439,7 +439,7 @@ def read_digit(image: Decoded) -> Preprocessed:
     if isinstance(image, Image.Image):
         image = normalised(image)
     height, width = _shape(image)
-    grey, pixels = _working_pixels(image)
+    grey, pixels = _working_pixels(image, max(height, width))
     levels = framing.measure_levels(framing.to_array(grey))
     if not framing.has_ink(levels):
         raise BlankImage("the image has no ink: nothing stands out from the paper")
@@ -473,7 +473,7 @@ def _shape(image: Decoded) -> tuple[int, int]:
     return image.height, image.width
 
 
-def _working_pixels(image: Decoded) -> tuple[Pixels, Pixels | None]:
+def _working_pixels(image: Decoded, longest_side: int) -> tuple[Pixels, Pixels | None]:
     """The grey pixels to find the digit on, and the image's own pixels when read on the way.
 
     A large image is reduced by a whole factor (box average) to about `framing.WORK_SIDE` a side.
@@ -482,7 +482,7 @@ def _working_pixels(image: Decoded) -> tuple[Pixels, Pixels | None]:
     image is read into numpy once, for this and for `plain_features`: on an 8x8 image, reading it
     from Pillow costs more than the arithmetic.
     """
-    factor = -(-max(_shape(image)) // framing.WORK_SIDE)
+    factor = -(-longest_side // framing.WORK_SIDE)
     if factor > 1:
         reduced = as_image(image).reduce(factor)
         return np.asarray(reduced.convert("L") if reduced.mode != "L" else reduced), None
