@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from digitserve.classifier import Classifier
 from digitserve.evaluation import evaluate, local_reader, read_samples, summarise
@@ -64,6 +66,40 @@ def test_held_out_digits_as_jpegs_agree_with_raw_vectors(
     agreement = float(np.mean(np.asarray(answers) == expected))
     assert len(answers) == len(rows) == 899
     assert agreement >= 0.99
+
+
+def test_concurrent_requests_share_model_calls_and_get_the_answers_made_alone(
+    split: Split, render: Renderer
+) -> None:
+    # A batch waits 200 ms for company here, so requests sent together surely meet.
+    server = start_server(env={"DIGITSERVE_BATCH_WAIT_MS": "200"})
+    try:
+        bodies = [render(row) for row in split.x_test[:12].astype(np.int64)]
+
+        def predict(body: bytes) -> object:
+            response = requests.post(
+                f"{server.url}/v1/models/digits:predict",
+                data=body,
+                headers={"Content-Type": "image/jpeg"},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+            return response.json()["predictions"]
+
+        alone = [predict(body) for body in bodies]  # one at a time: no company, no wait
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            together = list(pool.map(predict, bodies))
+        assert together == alone  # every score, to the last digit
+        metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+        }
+        assert samples["digitserve_batch_size_sum"] == 2 * len(bodies)
+        assert samples["digitserve_batch_size_count"] < 2 * len(bodies)  # some call took several
+    finally:
+        assert stop_server(server) == 0
 
 
 def test_json_base64_over_the_wire(live: LiveServer, render: Renderer, seven: np.ndarray) -> None:

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitserve import __version__
 from digitserve.auth import KeyRing, key_ring
+from digitserve.batching import MicroBatcher
 from digitserve.classifier import Classifier, load_classifier
 from digitserve.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -68,12 +69,15 @@ def create_app(
     *,
     handle_sigterm: bool = False,
     direct_routes: bool = True,
+    company: Callable[[], bool] | None = None,
 ) -> FastAPI:
     """Build the service; the model is loaded in the lifespan unless one is handed in.
 
     `handle_sigterm` (for the process that runs the server, not for tests or Ray) drains on
     SIGTERM: see `digitserve.shutdown`. `direct_routes=False` leaves the prediction routes to
-    FastAPI, as tests do to check that both paths answer alike.
+    FastAPI, as tests do to check that both paths answer alike. `company` says whether other
+    requests are in the worker (the server counts them), so that a request alone is predicted
+    without waiting for a batch; without it every request may wait one loop turn for others.
     """
 
     @asynccontextmanager
@@ -94,6 +98,13 @@ def create_app(
             else lambda: None
         )
         app.state.preprocess_limiter = anyio.CapacityLimiter(settings.preprocess_threads)
+        app.state.batcher = MicroBatcher(
+            app.state.classifier,
+            app.state.metrics,
+            max_rows=settings.batch_max_rows,
+            wait_seconds=settings.batch_wait_ms / 1000,
+            company=company or _always,
+        )
         app.state.ready = True
         logger.info(
             "serving model %s version %s (sha256 %s)",
@@ -153,6 +164,11 @@ def create_app(
     app.state.key_ring = ring
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _always() -> bool:
+    """Company assumed: without the server's count, a request may always wait for others."""
+    return True
 
 
 def _start_draining(app: FastAPI) -> Callable[[], None]:

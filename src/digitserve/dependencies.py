@@ -5,6 +5,7 @@ from typing import Annotated
 from anyio import CapacityLimiter
 from fastapi import Depends, Request
 
+from digitserve.batching import MicroBatcher
 from digitserve.classifier import Classifier
 from digitserve.errors import ModelNotReady
 from digitserve.metrics import Metrics
@@ -29,6 +30,12 @@ def get_metrics(request: Request) -> Metrics:
     """The app's own metrics."""
     metrics: Metrics = request.app.state.metrics
     return metrics
+
+
+def get_batcher(request: Request) -> MicroBatcher:
+    """What makes the model calls, batching concurrent requests (see `digitserve.batching`)."""
+    batcher: MicroBatcher = request.app.state.batcher
+    return batcher
 
 
 def get_preprocess_limiter(request: Request) -> CapacityLimiter:

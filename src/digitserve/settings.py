@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = "auto"
     """`json` (an object per line), `text`, or `auto`: text when stderr is a terminal, else JSON."""
 
+    batch_max_rows: int = Field(64, ge=1, le=4096)
+    """Most feature rows in one model call made for concurrent requests; 1 turns batching off."""
+
+    batch_wait_ms: float = Field(0.0, ge=0, le=1000)
+    """How long the first request of a batch waits for others; 0: only those already in hand."""
+
     max_concurrent_requests: int = Field(64, ge=1)
     """Requests one worker handles at once; beyond it, 503 `overloaded` with Retry-After."""
 

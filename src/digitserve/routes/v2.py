@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dependencies import ClassifierDep, get_classifier, get_settings
+from digitserve.dependencies import ClassifierDep, get_batcher, get_classifier, get_settings
 from digitserve.errors import (
     DigitserveError,
     InvalidInput,
@@ -57,6 +57,9 @@ from digitserve.schemas import (
     problem_responses,
 )
 from digitserve.settings import Settings
+
+WantedOutput = tuple[str, bool, int | None]
+"""An output a request asks for: its name, whether binary, and any top-k count."""
 
 INLINE_BYTES = 64 * 1024
 """Small uncompressed requests are parsed on the event loop, and answered there when they carry
@@ -257,23 +260,27 @@ async def _infer(request: Request, classifier: Classifier) -> Response:
     length = request.headers.get(IHCL)
 
     limiter = request.app.state.preprocess_limiter
+    call: DecodedRequest
     if encoding is None and len(body) <= INLINE_BYTES:
-        # Parsed here (cheap at this size, and errors come back at once); predicted here too
-        # when the images it carries are surely cheap to decode.
+        # Parsed here (cheap at this size, and errors come back at once); read here too when
+        # the images it carries are surely cheap to decode.
         call = parse_request(body, header_length(length, len(body)), raw_input=IMAGE)
         if decodes_quickly(call):
-            content, json_length = answer(call, classifier, settings)
+            wanted, features = prepare(call, settings)
         else:
-            content, json_length = await anyio.to_thread.run_sync(
-                answer, call, classifier, settings, limiter=limiter
+            wanted, features = await anyio.to_thread.run_sync(
+                prepare, call, settings, limiter=limiter
             )
     else:
 
-        def work() -> tuple[bytes, int | None]:
+        def work() -> tuple[DecodedRequest, list[WantedOutput], NDArray[Any]]:
             plain = decompress(body, encoding, limit=settings.max_body_bytes)
-            return run_inference(plain, length, classifier, settings)
+            parsed = parse_request(plain, header_length(length, len(plain)), raw_input=IMAGE)
+            return parsed, *prepare(parsed, settings)
 
-        content, json_length = await anyio.to_thread.run_sync(work, limiter=limiter)
+        call, wanted, features = await anyio.to_thread.run_sync(work, limiter=limiter)
+    predictions = await get_batcher(request).predict(features)
+    content, json_length = respond(call, wanted, predictions, classifier)
     headers = {"Vary": "Accept-Encoding"}
     if json_length is not None:
         headers[IHCL] = str(json_length)
@@ -283,15 +290,6 @@ async def _infer(request: Request, classifier: Classifier) -> Response:
         headers["Content-Encoding"] = coding
     media_type = "application/json" if json_length is None else "application/octet-stream"
     return Response(content, media_type=media_type, headers=headers)
-
-
-def run_inference(
-    body: bytes, ihcl: str | None, classifier: Classifier, settings: Settings
-) -> tuple[bytes, int | None]:
-    """Decode a (decompressed) request, predict, and encode the response body."""
-    return answer(
-        parse_request(body, header_length(ihcl, len(body)), raw_input=IMAGE), classifier, settings
-    )
 
 
 def decodes_quickly(call: DecodedRequest) -> bool:
@@ -314,17 +312,21 @@ def decodes_quickly(call: DecodedRequest) -> bool:
     return (declared_pixels(data) or 0) <= INLINE_PIXELS
 
 
-def answer(
-    call: DecodedRequest, classifier: Classifier, settings: Settings
+def prepare(call: DecodedRequest, settings: Settings) -> tuple[list[WantedOutput], NDArray[Any]]:
+    """The outputs a parsed request wants, and its (n, 64) feature rows for the model."""
+    return _requested_outputs(call), _features(call.inputs, settings)
+
+
+def respond(
+    call: DecodedRequest,
+    wanted: list[WantedOutput],
+    predictions: list[Prediction],
+    classifier: Classifier,
 ) -> tuple[bytes, int | None]:
-    """Predict for a parsed request, and encode the response body."""
-    wanted = _requested_outputs(call)
-    features = _features(call.inputs, settings)
-    predictions = classifier.predict(features)
-    tensors = []
-    for name, binary, count in wanted:
-        tensor = _output(name, predictions, classifier, count)
-        tensors.append((tensor, binary))
+    """Encode the response body: the wanted outputs of the request's predictions."""
+    tensors = [
+        (_output(name, predictions, classifier, count), binary) for name, binary, count in wanted
+    ]
     return encode_response(
         model_name=classifier.name,
         model_version=classifier.version,
@@ -333,7 +335,7 @@ def answer(
     )
 
 
-def _requested_outputs(call: DecodedRequest) -> list[tuple[str, bool, int | None]]:
+def _requested_outputs(call: DecodedRequest) -> list[WantedOutput]:
     """Which outputs go back, in order, each binary or JSON, and any classification k."""
     if not call.outputs:
         return [(name, call.binary_output(None), None) for name in (LABEL, SCORES)]

@@ -1,0 +1,164 @@
+"""The micro-batcher: one model call for concurrent requests, answers as if each were alone."""
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from digitserve.batching import MicroBatcher
+from digitserve.classifier import Classifier, Prediction
+from digitserve.metrics import Metrics
+from digitserve.training import Split
+
+
+def batcher(
+    classifier: Classifier,
+    *,
+    max_rows: int = 64,
+    wait_seconds: float = 0.0,
+    company: bool = True,
+) -> MicroBatcher:
+    """A batcher with its own metrics, told whether requests have company."""
+    return MicroBatcher(
+        classifier,
+        Metrics(),
+        max_rows=max_rows,
+        wait_seconds=wait_seconds,
+        company=lambda: company,
+    )
+
+
+def model_calls(target: MicroBatcher) -> list[float]:
+    """How many model calls the batcher made, and how many rows in all: from its metrics."""
+    registry = target.metrics.registry
+    return [
+        registry.get_sample_value("digitserve_batch_size_count") or 0.0,
+        registry.get_sample_value("digitserve_batch_size_sum") or 0.0,
+    ]
+
+
+def rows_of(split: Split, *sizes: int) -> list[np.ndarray]:
+    """Consecutive held-out rows, cut into requests of the given sizes."""
+    features = split.x_test.astype(np.int64)
+    edges = np.cumsum((0, *sizes))
+    return [features[start:end] for start, end in itertools.pairwise(edges)]
+
+
+async def gather(target: MicroBatcher, requests: list[np.ndarray]) -> list[list[Prediction]]:
+    """Every request's predictions, the requests made at once."""
+    return list(await asyncio.gather(*(target.predict(rows) for rows in requests)))
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_answers(
+    classifier: Classifier, split: Split
+) -> None:
+    requests = rows_of(split, 1, 3, 1, 2)
+    target = batcher(classifier)
+    answers = asyncio.run(gather(target, requests))
+    assert model_calls(target) == [1, 7]
+    for rows, answer in zip(requests, answers, strict=True):
+        # Bit for bit what the request gets alone: labels, confidences and every score.
+        assert answer == classifier.predict(rows)
+
+
+def test_a_request_alone_is_predicted_at_once(classifier: Classifier, split: Split) -> None:
+    [rows] = rows_of(split, 1)
+    target = batcher(classifier, company=False)
+    call: Coroutine[Any, Any, list[Prediction]] = target.predict(rows)
+    # No loop turn: the coroutine finishes on its first step, without suspending.
+    with pytest.raises(StopIteration) as finished:
+        call.send(None)
+    assert finished.value.value == classifier.predict(rows)
+    assert model_calls(target) == [1, 1]
+
+
+def test_a_request_with_company_alone_in_the_queue_is_still_answered(
+    classifier: Classifier, split: Split
+) -> None:
+    [rows] = rows_of(split, 2)
+    target = batcher(classifier)
+    assert asyncio.run(gather(target, [rows])) == [classifier.predict(rows)]
+    assert model_calls(target) == [1, 2]
+
+
+def test_batches_stop_at_max_rows(classifier: Classifier, split: Split) -> None:
+    requests = rows_of(split, 1, 1, 1, 1, 1, 1)
+    target = batcher(classifier, max_rows=4)
+    answers = asyncio.run(gather(target, requests))
+    assert model_calls(target) == [2, 6]
+    assert answers == [classifier.predict(rows) for rows in requests]
+
+
+def test_a_request_of_max_rows_or_more_goes_alone(classifier: Classifier, split: Split) -> None:
+    requests = rows_of(split, 1, 5, 1)
+    target = batcher(classifier, max_rows=4)
+    answers = asyncio.run(gather(target, requests))
+    assert model_calls(target) == [2, 7]  # the five rows alone, the two single rows together
+    assert answers == [classifier.predict(rows) for rows in requests]
+
+
+@pytest.mark.parametrize(("wait_seconds", "calls"), [(0.0, 2), (5.0, 1)], ids=["no wait", "wait"])
+def test_batch_wait_lets_a_later_request_join(
+    classifier: Classifier, split: Split, wait_seconds: float, calls: int
+) -> None:
+    first, second = rows_of(split, 1, 1)
+    target = batcher(classifier, wait_seconds=wait_seconds)
+
+    async def staggered() -> None:
+        early = asyncio.ensure_future(target.predict(first))
+        await asyncio.sleep(0.01)  # several loop turns: a batch without wait has gone by now
+        late = asyncio.ensure_future(target.predict(second))
+        await asyncio.sleep(0)
+        if wait_seconds:
+            target.flush()  # what the timer does when it fires, without waiting seconds for it
+        assert await early == classifier.predict(first)
+        assert await late == classifier.predict(second)
+
+    asyncio.run(staggered())
+    assert model_calls(target) == [calls, 2]
+
+
+def test_a_cancelled_request_leaves_the_batch(classifier: Classifier, split: Split) -> None:
+    gone, kept = rows_of(split, 3, 1)
+    target = batcher(classifier)
+
+    async def cancel_one() -> list[Prediction]:
+        doomed = asyncio.ensure_future(target.predict(gone))
+        survivor = asyncio.ensure_future(target.predict(kept))
+        await asyncio.sleep(0)  # both queued, the model call not yet made
+        doomed.cancel()
+        return await survivor
+
+    assert asyncio.run(cancel_one()) == classifier.predict(kept)
+    assert model_calls(target) == [1, 1]
+
+
+def test_a_failing_request_fails_alone(classifier: Classifier, split: Split) -> None:
+    [good] = rows_of(split, 1)
+    bad = np.zeros((1, 32), dtype=np.int64)  # the model cannot take it, nor a batch holding it
+    target = batcher(classifier)
+
+    async def both() -> list[object]:
+        return list(
+            await asyncio.gather(target.predict(good), target.predict(bad), return_exceptions=True)
+        )
+
+    answer, error = asyncio.run(both())
+    assert answer == classifier.predict(good)
+    assert isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize("change", [{"max_rows": 1}, {"path": "scikit-learn"}])
+def test_batching_is_off_with_one_row_or_on_the_public_api_path(
+    classifier: Classifier, split: Split, change: dict[str, Any]
+) -> None:
+    model = dataclasses.replace(classifier, path=change.get("path", classifier.path))
+    target = batcher(model, max_rows=change.get("max_rows", 64))
+    assert not target.enabled
+    requests = rows_of(split, 1, 1, 1)
+    assert asyncio.run(gather(target, requests)) == [classifier.predict(r) for r in requests]
+    assert model_calls(target) == [3, 3]
