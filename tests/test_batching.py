@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import itertools
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
@@ -20,15 +21,15 @@ def batcher(
     *,
     max_rows: int = 64,
     wait_seconds: float = 0.0,
-    company: bool = True,
+    admitted: int = sys.maxsize,
 ) -> MicroBatcher:
-    """A batcher with its own metrics, told whether requests have company."""
+    """A batcher with its own metrics, told how many requests are in the worker (default: many)."""
     return MicroBatcher(
         classifier,
         Metrics(),
         max_rows=max_rows,
         wait_seconds=wait_seconds,
-        company=lambda: company,
+        admitted=lambda: admitted,
     )
 
 
@@ -67,7 +68,7 @@ def test_concurrent_requests_share_one_call_and_get_their_own_answers(
 
 def test_a_request_alone_is_predicted_at_once(classifier: Classifier, split: Split) -> None:
     [rows] = rows_of(split, 1)
-    target = batcher(classifier, company=False)
+    target = batcher(classifier, admitted=1)
     call: Coroutine[Any, Any, list[Prediction]] = target.predict(rows)
     # No loop turn: the coroutine finishes on its first step, without suspending.
     with pytest.raises(StopIteration) as finished:
@@ -76,13 +77,33 @@ def test_a_request_alone_is_predicted_at_once(classifier: Classifier, split: Spl
     assert model_calls(target) == [1, 1]
 
 
-def test_a_request_with_company_alone_in_the_queue_is_still_answered(
+def test_a_request_alone_in_the_queue_is_still_answered(
     classifier: Classifier, split: Split
 ) -> None:
     [rows] = rows_of(split, 2)
     target = batcher(classifier)
     assert asyncio.run(gather(target, [rows])) == [classifier.predict(rows)]
     assert model_calls(target) == [1, 2]
+
+
+def test_the_last_request_in_the_worker_to_queue_makes_the_call_at_once(
+    classifier: Classifier, split: Split
+) -> None:
+    first, last = rows_of(split, 2, 1)
+    target = batcher(classifier, admitted=2)
+
+    async def scenario() -> None:
+        early = asyncio.ensure_future(target.predict(first))
+        await asyncio.sleep(0)  # the first has queued its rows; its call is still to come
+        assert not early.done()
+        call: Coroutine[Any, Any, list[Prediction]] = target.predict(last)
+        with pytest.raises(StopIteration) as finished:  # no one left to wait for: no loop turn
+            call.send(None)
+        assert finished.value.value == classifier.predict(last)
+        assert await early == classifier.predict(first)
+
+    asyncio.run(scenario())
+    assert model_calls(target) == [1, 3]
 
 
 def test_batches_stop_at_max_rows(classifier: Classifier, split: Split) -> None:

@@ -95,20 +95,12 @@ def test_workers_are_forked_by_gunicorn_after_the_model_is_loaded(
     assert loggers["gunicorn.error"] == loggers["digitserve"]  # the arbiter logs as we do
 
 
-def test_admission_says_whether_a_request_has_company() -> None:
-    admission = server.Admission(limit=4)
-    admission.held = 1
-    assert not admission.has_company()  # the request asking is the only one admitted
-    admission.held = 2
-    assert admission.has_company()
-
-
 def test_admission_holds_a_place_until_the_app_is_done_even_if_it_fails() -> None:
     admission = server.Admission(limit=2)
     seen: list[int] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(admission.held)
+        seen.append(admission.count())
         if scope.get("fail"):
             raise RuntimeError("boom")
 

@@ -2,6 +2,7 @@
 
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -69,15 +70,15 @@ def create_app(
     *,
     handle_sigterm: bool = False,
     direct_routes: bool = True,
-    company: Callable[[], bool] | None = None,
+    admitted: Callable[[], int] | None = None,
 ) -> FastAPI:
     """Build the service; the model is loaded in the lifespan unless one is handed in.
 
     `handle_sigterm` (for the process that runs the server, not for tests or Ray) drains on
     SIGTERM: see `digitserve.shutdown`. `direct_routes=False` leaves the prediction routes to
-    FastAPI, as tests do to check that both paths answer alike. `company` says whether other
-    requests are in the worker (the server counts them), so that a request alone is predicted
-    without waiting for a batch; without it every request may wait one loop turn for others.
+    FastAPI, as tests do to check that both paths answer alike. `admitted` counts the requests in
+    the worker (the server's count, see `server.Admission`), so that a request alone is predicted
+    without waiting for a batch; without it any request may wait one loop turn for others.
     """
 
     @asynccontextmanager
@@ -103,7 +104,7 @@ def create_app(
             app.state.metrics,
             max_rows=settings.batch_max_rows,
             wait_seconds=settings.batch_wait_ms / 1000,
-            company=company or _always,
+            admitted=admitted or _unknown,
         )
         app.state.ready = True
         logger.info(
@@ -166,9 +167,9 @@ def create_app(
     return app
 
 
-def _always() -> bool:
-    """Company assumed: without the server's count, a request may always wait for others."""
-    return True
+def _unknown() -> int:
+    """No count from the server: as if the worker always held requests still to come."""
+    return sys.maxsize
 
 
 def _start_draining(app: FastAPI) -> Callable[[], None]:

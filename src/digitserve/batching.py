@@ -8,7 +8,8 @@ each request's rows join a queue and the first request schedules one model call 
 queue on the event loop's next turn, after every request already waiting to run has read its image.
 
 It never holds a request back for nothing: a request alone in the worker (no other admitted and
-unanswered) is predicted at once, so a lone client waits no extra loop turn. `batch_wait_ms`
+unanswered) is predicted at once, so a lone client waits no extra loop turn; and once every
+request in the worker has queued its rows, the call is made there and then. `batch_wait_ms`
 may hold the first request of a batch that much longer for others to join (off by default: under
 load the queue fills without waiting). Batching applies only where the answers are known not to
 depend on the other rows of the call: the libsvm and kernel-table paths compute each row alone,
@@ -38,8 +39,9 @@ public scikit-learn path may compute a batch with other floating-point blocking 
 class MicroBatcher:
     """Gathers the feature rows of concurrent requests into one model call, and counts each call.
 
-    `company` says whether other requests are in the worker (admitted and not yet answered); a
-    request without company is predicted at once.
+    `admitted` counts the requests in the worker (admitted and not yet answered, this one
+    included). A request alone there is predicted at once; when every one of them has queued its
+    rows, the call is made at once too (there is no one left to wait for).
     """
 
     def __init__(
@@ -49,13 +51,13 @@ class MicroBatcher:
         *,
         max_rows: int,
         wait_seconds: float,
-        company: Callable[[], bool],
+        admitted: Callable[[], int],
     ) -> None:
         self.classifier = classifier
         self.metrics = metrics
         self.max_rows = max_rows
         self.wait_seconds = wait_seconds
-        self.company = company
+        self.admitted = admitted
         self.enabled = max_rows > 1 and classifier.path in BATCHABLE_PATHS
         self._queue: list[tuple[Rows, asyncio.Future[list[Prediction]]]] = []
         self._queued_rows = 0
@@ -66,7 +68,7 @@ class MicroBatcher:
         if (
             not self.enabled
             or len(rows) >= self.max_rows
-            or (not self._queue and not self.company())
+            or (not self._queue and self.admitted() <= 1)
         ):
             return self.call_model(rows)
         if self._queued_rows + len(rows) > self.max_rows:
@@ -75,7 +77,9 @@ class MicroBatcher:
         future: asyncio.Future[list[Prediction]] = loop.create_future()
         self._queue.append((rows, future))
         self._queued_rows += len(rows)
-        if self._flush_handle is None:
+        if not self.wait_seconds and len(self._queue) >= self.admitted():
+            self.flush()  # answers this request too: awaiting a done future does not suspend
+        elif self._flush_handle is None:
             self._flush_handle = (
                 loop.call_later(self.wait_seconds, self.flush)
                 if self.wait_seconds > 0

@@ -45,9 +45,9 @@ class Admission:
         self.limit = limit
         self.held = 0
 
-    def has_company(self) -> bool:
-        """Whether a request being served has others admitted beside it (see `MicroBatcher`)."""
-        return self.held > 1
+    def count(self) -> int:
+        """Requests admitted and not yet answered (for `batching.MicroBatcher`)."""
+        return self.held
 
     def counted(self, app: ASGI3Application) -> ASGI3Application:
         """The app, releasing an admitted request's place once the app is done with it."""
@@ -197,7 +197,7 @@ def serve(settings: Settings, classifier: Classifier) -> None:
     # handler there the process exits 0 after a clean stop, as orchestrators expect.
     signal.signal(signal.SIGTERM, _ignore)
     skip_unused_record_fields()
-    app = create_app(settings, classifier, handle_sigterm=True, company=admission.has_company)
+    app = create_app(settings, classifier, handle_sigterm=True, admitted=admission.count)
     freeze_startup_objects()
     if settings.workers == 1:
         uvicorn.run(app, **options)
