@@ -71,7 +71,7 @@ def test_held_out_digits_as_jpegs_agree_with_raw_vectors(
 def test_concurrent_requests_share_model_calls_and_get_the_answers_made_alone(
     split: Split, render: Renderer
 ) -> None:
-    # A batch waits 200 ms for company here, so requests sent together surely meet.
+    # A batch waits 200 ms for others here, so requests sent together surely meet.
     server = start_server(env={"DIGITSERVE_BATCH_WAIT_MS": "200"})
     try:
         bodies = [render(row) for row in split.x_test[:12].astype(np.int64)]
@@ -86,7 +86,7 @@ def test_concurrent_requests_share_model_calls_and_get_the_answers_made_alone(
             assert response.status_code == 200, response.text
             return response.json()["predictions"]
 
-        alone = [predict(body) for body in bodies]  # one at a time: no company, no wait
+        alone = [predict(body) for body in bodies]  # one at a time: each alone, no wait
         with ThreadPoolExecutor(len(bodies)) as pool:
             together = list(pool.map(predict, bodies))
         assert together == alone  # every score, to the last digit

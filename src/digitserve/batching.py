@@ -102,6 +102,7 @@ class MicroBatcher:
                 queue[0][0] if len(queue) == 1 else np.concatenate([rows for rows, _ in queue])
             )
         except Exception:
+            # One request's rows may be what failed: answer each alone, so only its own fails.
             for rows, future in queue:
                 _settle(future, functools.partial(self.call_model, rows))
             return
