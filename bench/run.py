@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import timeit
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import psutil
 import requests
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bodies import Body, make_bodies, write_bodies
 from digitserve.classifier import load_classifier
@@ -75,6 +77,9 @@ class Result:
     rss_mb: float
     pss_mb: float
     labels_ok: bool
+    model_calls: int | None = None
+    """digitserve only: model calls made during the cell, and the feature rows they took."""
+    model_rows: int | None = None
 
 
 def free_port() -> int:
@@ -264,9 +269,11 @@ def measure(
 ) -> Result:
     assert server.process is not None
     labels_ok = labels_of(server, body) == body.labels if server.name != "http-floor" else True
+    calls_before = model_calls(server)
     before = cpu_seconds(server.process.pid)
     summary = wrk(server, body_file, body, concurrency, seconds)
     used = cpu_seconds(server.process.pid) - before
+    calls_after = model_calls(server)
     labels_ok = labels_ok and (
         server.name == "http-floor" or labels_of(server, body) == body.labels
     )
@@ -294,7 +301,25 @@ def measure(
         rss_mb=rss_mb(server.process.pid),
         pss_mb=pss_mb(server.process.pid),
         labels_ok=labels_ok,
+        model_calls=None if calls_after is None else calls_after[0] - calls_before[0],
+        model_rows=None if calls_after is None else calls_after[1] - calls_before[1],
     )
+
+
+def model_calls(server: Server) -> tuple[int, int] | None:
+    """digitserve's model calls so far and the rows they took, from its batch-size histogram.
+
+    Concurrent requests share model calls (micro-batching); rows per call says how much.
+    """
+    if server.name != "digitserve":
+        return None
+    text = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return int(samples["digitserve_batch_size_count"]), int(samples["digitserve_batch_size_sum"])
 
 
 def merged(rounds: list[Result]) -> Result:
@@ -325,7 +350,15 @@ def merged(rounds: list[Result]) -> Result:
         rss_mb=max(r.rss_mb for r in rounds),
         pss_mb=max(r.pss_mb for r in rounds),
         labels_ok=all(r.labels_ok for r in rounds),
+        model_calls=_total(r.model_calls for r in rounds),
+        model_rows=_total(r.model_rows for r in rounds),
     )
+
+
+def _total(counts: Iterable[int | None]) -> int | None:
+    """The sum of per-round counts, or None for a server that has none."""
+    values = list(counts)
+    return None if None in values else sum(v for v in values if v is not None)
 
 
 OVERLOAD_BODY = "jpeg-8px"
@@ -421,6 +454,12 @@ def _in_process(bodies: dict[str, Body]) -> dict[str, float]:
     return timings
 
 
+def _rows_per_call(result: dict[str, Any]) -> str:
+    """Feature rows per model call in a cell, as text; '-' for servers that do not say."""
+    calls, rows = result.get("model_calls"), result.get("model_rows")
+    return f"{rows / calls:.1f}" if calls and rows is not None else "-"
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows = report["results"]
     by_key = {(r["server"], r["body"], r["concurrency"]): r for r in rows}
@@ -430,8 +469,8 @@ def markdown(report: dict[str, Any]) -> str:
         "(req/s and CPU over all rounds, median p50, worst p99).",
         "",
         "| body | c | server | req/s | p50 ms | p99 ms | CPU µs/req | errors | RSS MB | labels | "
-        "req/s vs flask |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "req/s vs flask | rows/model call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         flask = by_key.get(("flask-naive", r["body"], r["concurrency"]))
@@ -439,7 +478,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['body']} | {r['concurrency']} | {r['server']} | {r['rps']:.0f} | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us_per_request']:.0f} | {r['errors']} | "
-            f"{r['rss_mb']:.0f} | {'ok' if r['labels_ok'] else 'WRONG'} | {ratio} |"
+            f"{r['rss_mb']:.0f} | {'ok' if r['labels_ok'] else 'WRONG'} | {ratio} | "
+            f"{_rows_per_call(r)} |"
         )
     timings = report["in_process_us"]
     lines += [

@@ -37,6 +37,10 @@ def test_smoke_run_measures_every_server_with_correct_answers(tmp_path: Path) ->
         assert result["errors"] == 0, result
         assert result["labels_ok"], result
         assert result["cpu_us_per_request"] > 0
+        if result["server"] == "digitserve":  # from its metrics: concurrent requests share calls
+            assert 0 < result["model_calls"] <= result["model_rows"], result
+        else:
+            assert result["model_calls"] is None, result
     memory = report["memory"]  # digitserve --workers 2, forked: both workers' pages are counted
     assert memory["workers"] == 2
     assert len(memory["worker_uss_mb"]) == 2
