@@ -1,4 +1,4 @@
-"""Run the benchmark: digitserve, a naive Flask app and the HTTP floor, in one run, same machine.
+"""Run the benchmark: digitserve, a naive Flask app, the HTTP floor and the bare work, in one run.
 
 Each server runs pinned to core 0 (`taskset`), wrk drives it from core 1. For every body and
 concurrency it records req/s, latency percentiles, server CPU time per request (the whole process
@@ -88,7 +88,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-NAMES = ("digitserve", "flask-naive", "http-floor")
+NAMES = ("digitserve", "flask-naive", "http-floor", "compute-only")
+
+JPEG_ONLY = frozenset({"flask-naive", "compute-only"})
+"""Servers that take only a raw JPEG body (no multipart, no Open Inference Protocol)."""
 
 
 def servers(workers: int) -> list[Server]:
@@ -124,6 +127,19 @@ def servers(workers: int) -> list[Server]:
                 "warning",
                 "--no-access-log",
                 "bench.baselines.floor:app",
+            ],
+            "/",
+        ),
+        Server(
+            "compute-only",
+            [
+                str(bindir / "uvicorn"),
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "bench.baselines.compute_only:app",
             ],
             "/",
         ),
@@ -497,8 +513,9 @@ def targets(report: dict[str, Any]) -> list[str]:
     timings = report["in_process_us"]
     lines = []
     for c in report["concurrency"]:
-        ours, flask, floor = (
-            by_key.get((s, "jpeg-8px", c)) for s in ("digitserve", "flask-naive", "http-floor")
+        ours, flask, floor, bare = (
+            by_key.get((s, "jpeg-8px", c))
+            for s in ("digitserve", "flask-naive", "http-floor", "compute-only")
         )
         if ours and flask and floor:
             budget = 2 * (floor["cpu_us_per_request"] + timings["jpeg-8px_pipeline_us"])
@@ -507,6 +524,16 @@ def targets(report: dict[str, Any]) -> list[str]:
                 f"CPU {ours['cpu_us_per_request']:.0f} µs/req vs budget {budget:.0f} "
                 f"(2 x (floor {floor['cpu_us_per_request']:.0f} + in-process {timings['jpeg-8px_pipeline_us']:.0f}))"
             )
+            if bare:
+                # The same work behind the floor's stack, measured as the servers are: how much of
+                # the budget the work alone takes once it runs in a server.
+                lines.append(
+                    f"8x8 JPEG, c={c}: compute-only server {bare['cpu_us_per_request']:.0f} µs/req "
+                    f"({bare['cpu_us_per_request'] / budget:.2f} of the budget; "
+                    f"its work {bare['cpu_us_per_request'] - floor['cpu_us_per_request']:.0f} µs above the floor "
+                    f"against {timings['jpeg-8px_pipeline_us']:.0f} in process); "
+                    f"digitserve {ours['cpu_us_per_request'] / bare['cpu_us_per_request']:.2f}x it"
+                )
         if ours and c == max(report["concurrency"]):
             lines.append(
                 f"8x8 JPEG, c={c}: p99/p50 = {ours['p99_ms'] / max(ours['p50_ms'], 1e-9):.1f} (target <= 3), "
@@ -606,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                     takers = [
                         server
                         for server in wanted
-                        if server.name != "flask-naive" or body.content_type == "image/jpeg"
+                        if server.name not in JPEG_ONLY or body.content_type == "image/jpeg"
                     ]
                     # Short rounds, servers in turn: a drift in the machine's load falls on all.
                     rounds: dict[str, list[Result]] = {server.name: [] for server in takers}
@@ -626,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
                             file=sys.stderr,
                         )
             for server in wanted:
-                if args.overload and OVERLOAD_BODY in chosen:
+                # The bare work has no bound to shed with: its overload cell would show nothing.
+                if args.overload and OVERLOAD_BODY in chosen and server.name != "compute-only":
                     result = measure(
                         server,
                         chosen[OVERLOAD_BODY],

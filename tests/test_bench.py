@@ -1,4 +1,4 @@
-"""The benchmark harness keeps working: its smoke mode runs all three servers and checks answers.
+"""The benchmark harness keeps working: its smoke mode runs all four servers and checks answers.
 
 It asserts the harness's output, never the speed it measured.
 """
@@ -27,7 +27,9 @@ def test_smoke_run_measures_every_server_with_correct_answers(tmp_path: Path) ->
     )
     report = json.loads((tmp_path / "smoke.json").read_text())
     servers = {result["server"] for result in report["results"]}
-    assert servers == {"digitserve", "flask-naive", "http-floor"}
+    assert servers == {"digitserve", "flask-naive", "http-floor", "compute-only"}
+    jpeg_only = {"flask-naive", "compute-only"}  # they take raw JPEGs, not multipart or OIP
+    assert {r["body"] for r in report["results"] if r["server"] in jpeg_only} == {"jpeg-8px"}
     assert report["rounds"] == 2  # each cell taken twice by every server in turn, then merged
     cells = [(r["server"], r["body"], r["concurrency"]) for r in report["results"]]
     assert len(cells) == len(set(cells))
@@ -47,6 +49,7 @@ def test_smoke_run_measures_every_server_with_correct_answers(tmp_path: Path) ->
     assert 0 < memory["per_worker_mb"] < memory["total_mb"]
     assert (tmp_path / "smoke.md").read_text().startswith("Run ")
     assert any("12 MP JPEG" in line for line in report["targets"])
+    assert any("compute-only server" in line for line in report["targets"])
     # The pipeline is timed before and after the cells; the budget takes each timing's best.
     before, after = report["in_process_runs_us"]
     assert report["in_process_us"] == {key: min(before[key], after[key]) for key in before}
