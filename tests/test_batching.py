@@ -20,6 +20,7 @@ def batcher(
     classifier: Classifier,
     *,
     max_rows: int = 64,
+    min_requests: int = 2,
     wait_seconds: float = 0.0,
     admitted: int = sys.maxsize,
 ) -> MicroBatcher:
@@ -28,6 +29,7 @@ def batcher(
         classifier,
         Metrics(),
         max_rows=max_rows,
+        min_requests=min_requests,
         wait_seconds=wait_seconds,
         admitted=lambda: admitted,
     )
@@ -75,6 +77,21 @@ def test_a_request_alone_is_predicted_at_once(classifier: Classifier, split: Spl
         call.send(None)
     assert finished.value.value == classifier.predict(rows)
     assert model_calls(target) == [1, 1]
+
+
+@pytest.mark.parametrize(("admitted", "shared"), [(15, False), (16, True)])
+def test_requests_share_calls_only_from_min_requests_in_the_worker(
+    classifier: Classifier, split: Split, admitted: int, shared: bool
+) -> None:
+    requests = rows_of(split, 1, 2, 1)
+    target = batcher(classifier, min_requests=16, admitted=admitted)
+    answers = asyncio.run(gather(target, requests))
+    assert model_calls(target) == ([1, 4] if shared else [3, 4])
+    assert answers == [classifier.predict(rows) for rows in requests]
+    if not shared:  # below the threshold a request does not wait a loop turn
+        call: Coroutine[Any, Any, list[Prediction]] = target.predict(requests[0])
+        with pytest.raises(StopIteration):
+            call.send(None)
 
 
 def test_a_request_alone_in_the_queue_is_still_answered(

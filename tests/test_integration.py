@@ -71,8 +71,11 @@ def test_held_out_digits_as_jpegs_agree_with_raw_vectors(
 def test_concurrent_requests_share_model_calls_and_get_the_answers_made_alone(
     split: Split, render: Renderer
 ) -> None:
-    # A batch waits 200 ms for others here, so requests sent together surely meet.
-    server = start_server(env={"DIGITSERVE_BATCH_WAIT_MS": "200"})
+    # A batch waits 200 ms for others here, so requests sent together surely meet; 12 requests
+    # are fewer than the worker batches for by default (16).
+    server = start_server(
+        env={"DIGITSERVE_BATCH_WAIT_MS": "200", "DIGITSERVE_BATCH_MIN_REQUESTS": "2"}
+    )
     try:
         bodies = [render(row) for row in split.x_test[:12].astype(np.int64)]
 

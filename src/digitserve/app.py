@@ -103,6 +103,7 @@ def create_app(
             app.state.classifier,
             app.state.metrics,
             max_rows=settings.batch_max_rows,
+            min_requests=settings.batch_min_requests,
             wait_seconds=settings.batch_wait_ms / 1000,
             admitted=admitted or _unknown,
         )
