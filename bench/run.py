@@ -117,33 +117,15 @@ def servers(workers: int) -> list[Server]:
             ],
             "/predict",
         ),
-        Server(
-            "http-floor",
-            [
-                str(bindir / "uvicorn"),
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "bench.baselines.floor:app",
-            ],
-            "/",
-        ),
-        Server(
-            "compute-only",
-            [
-                str(bindir / "uvicorn"),
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "bench.baselines.compute_only:app",
-            ],
-            "/",
-        ),
+        Server("http-floor", bare_uvicorn("bench.baselines.floor:app"), "/"),
+        Server("compute-only", bare_uvicorn("bench.baselines.compute_only:app"), "/"),
     ]
+
+
+def bare_uvicorn(app: str) -> list[str]:
+    """A bare ASGI app under uvicorn's defaults (httptools, uvloop), without an access log."""
+    uvicorn = str(Path(sys.executable).parent / "uvicorn")
+    return [uvicorn, "--port", "{port}", "--log-level", "warning", "--no-access-log", app]
 
 
 def start(server: Server) -> None:
