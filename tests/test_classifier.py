@@ -7,6 +7,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import joblib  # type: ignore[import-untyped]  # untyped upstream
 import numpy as np
 import pytest
 import skops.io
@@ -154,6 +155,33 @@ def test_garbage_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "garbage.pickle"
     path.write_bytes(b"not a pickle at all")
     with pytest.raises(ModelLoadError, match="not a readable model pickle"):
+        load_classifier(path)
+
+
+@pytest.mark.parametrize("name", ["model.pkl", "model.PKL", "model.Pickle", "model.PICKLE"])
+def test_pickle_suffixes_are_read_in_any_case(
+    name: str, tmp_path: Path, classifier: Classifier
+) -> None:
+    path = tmp_path / name
+    shutil.copy(MODEL_PATH, path)
+    assert load_classifier(path).sha256 == classifier.sha256
+
+
+@pytest.mark.parametrize("name", ["model.joblib", "model.JobLib"])
+def test_joblib_model_loads_like_the_pickle(
+    name: str, tmp_path: Path, classifier: Classifier, split: Split
+) -> None:
+    path = tmp_path / name
+    joblib.dump(classifier.estimator, path)
+    loaded = load_classifier(path)
+    rows = split.x_test[:20].astype(np.int64)
+    assert [p.label for p in loaded.predict(rows)] == [p.label for p in classifier.predict(rows)]
+
+
+def test_joblib_garbage_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.joblib"
+    path.write_bytes(b"not a joblib file")
+    with pytest.raises(ModelLoadError, match="not a readable model joblib file"):
         load_classifier(path)
 
 

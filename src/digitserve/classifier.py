@@ -27,9 +27,17 @@ from digitserve.preprocessing import LEVELS, N_FEATURES
 
 logger = logging.getLogger(__name__)
 
-SKOPS_SUFFIX = ".skops"
-"""Model files with this suffix are loaded with skops, which refuses types it was not told to
-trust, instead of pickle, which runs whatever the file says."""
+ModelFormat = Literal["skops", "pickle", "joblib"]
+
+MODEL_FORMATS: dict[str, ModelFormat] = {
+    ".skops": "skops",
+    ".pickle": "pickle",
+    ".pkl": "pickle",
+    ".joblib": "joblib",
+}
+"""How a model file is loaded, by its suffix in lower case: `evil.SKOPS` is a skops file too, so
+it is never unpickled. skops refuses types it was not told to trust; pickle and joblib run
+whatever the file says. Any other suffix is refused rather than guessed at."""
 
 ScoreKind = Literal["probabilities", "decision_scores"]
 Label = int | str
@@ -274,12 +282,13 @@ def load_classifier(
     """Load the operator's model file, check it can serve 64-feature digits, and warm it up.
 
     The file is read once; its hash is checked against `expected_sha256` before anything in it is
-    deserialised, and the same bytes are then loaded: a pickle, or a `.skops` file, which may hold
-    only skops' safe types plus `trusted_types`. Every reason to refuse becomes one
-    `ModelLoadError` with a message an operator can act on.
+    deserialised, and the same bytes are then loaded as its suffix says (`MODEL_FORMATS`): a pickle
+    or joblib file, or a `.skops` file, which may hold only skops' safe types plus `trusted_types`.
+    Every reason to refuse becomes one `ModelLoadError` with a message an operator can act on.
     """
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
+    model_format = model_format_of(path)  # an unknown suffix is refused before reading
     data = path.read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and sha256 != expected_sha256.lower():
@@ -287,10 +296,10 @@ def load_classifier(
             f"{path} has sha256 {sha256}, not the expected {expected_sha256.lower()}; "
             "refusing to load it"
         )
-    if path.suffix == SKOPS_SUFFIX:
+    if model_format == "skops":
         estimator = _load_skops(path, data, trusted_types)
     else:
-        estimator = _unpickle(path, data)
+        estimator = _unpickle(path, data, model_format)
     if not isinstance(estimator, BaseEstimator) or not is_classifier(estimator):
         raise ModelLoadError(
             f"{path} holds a {type(estimator).__name__}, not a scikit-learn classifier"
@@ -352,16 +361,32 @@ def _fastest_answerer(
     return "kernel-table", table.answer
 
 
-def _unpickle(path: Path, data: bytes) -> Any:
+def model_format_of(path: Path) -> ModelFormat:
+    """The format a model file is loaded as, from its suffix compared in lower case."""
+    model_format = MODEL_FORMATS.get(path.suffix.lower())
+    if model_format is None:
+        found = f"the suffix {path.suffix!r}" if path.suffix else "no suffix"
+        raise ModelLoadError(
+            f"{path} has {found}; a model file must end in {', '.join(MODEL_FORMATS)} "
+            "(in any case), which says how it is loaded"
+        )
+    return model_format
+
+
+def _unpickle(path: Path, data: bytes, model_format: ModelFormat) -> Any:
     """Unpickle, turning a scikit-learn version mismatch into a refusal rather than a warning."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", InconsistentVersionWarning)
+            if model_format == "joblib":
+                import joblib  # type: ignore[import-untyped]  # untyped upstream
+
+                return joblib.load(io.BytesIO(data))
             return pickle.loads(data)  # noqa: S301 - the operator's own, trusted file
     except InconsistentVersionWarning as exc:
         raise _version_mismatch(path, exc) from exc
     except Exception as exc:
-        raise ModelLoadError(f"{path} is not a readable model pickle: {exc}") from exc
+        raise ModelLoadError(f"{path} is not a readable model {model_format} file: {exc}") from exc
 
 
 def _load_skops(path: Path, data: bytes, trusted_types: Sequence[str]) -> Any:

@@ -8,13 +8,16 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from digitserve import __version__
 from digitserve.errors import DigitserveError, ModelLoadError
 from digitserve.settings import Settings
+
+if TYPE_CHECKING:
+    from digitserve.classifier import Classifier
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,21 +128,30 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _load_model(settings: Settings) -> "Classifier":
+    """Load the model the one checked way every command uses: its sha256 pin, its trusted types.
+
+    A model file is code (a pickle runs whatever it holds), so no command may skip the checks
+    `serve` makes; a refusal is a `ModelLoadError`, reported by `main` in one line.
+    """
+    from digitserve.classifier import load_classifier
+
+    return load_classifier(
+        settings.model_path,
+        settings.model_name,
+        expected_sha256=settings.model_sha256,
+        trusted_types=settings.model_trusted_types,
+    )
+
+
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client reads it when first imported: set it before anything imports the app."""
 
 
 def _serve(args: argparse.Namespace) -> int:
     """Load and check the model before the port opens, then serve until SIGINT or SIGTERM."""
-    from digitserve.classifier import load_classifier
-
     settings = _settings(args)
-    classifier = load_classifier(
-        settings.model_path,
-        settings.model_name,
-        expected_sha256=settings.model_sha256,
-        trusted_types=settings.model_trusted_types,
-    )
+    classifier = _load_model(settings)
     metrics_dir = None
     if settings.workers > 1 and not os.environ.get(METRICS_DIR_VARIABLE):
         # Workers add up their metrics through files; a fresh directory (under $TMPDIR, so a
@@ -158,17 +170,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     """Classify files and print a table or JSON lines; exit 1 if any file could not be read."""
-    from digitserve.classifier import load_classifier
     from digitserve.diagnostics import confidence_warnings
     from digitserve.preprocessing import preprocess_image
 
     settings = _settings(args)
-    classifier = load_classifier(
-        settings.model_path,
-        settings.model_name,
-        expected_sha256=settings.model_sha256,
-        trusted_types=settings.model_trusted_types,
-    )
+    classifier = _load_model(settings)
     status = 0
     if not args.json:
         print(f"{'file':40} {'label':>5} {'confidence':>10}  warnings")
@@ -254,10 +260,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         reader = evaluation.remote_reader(args.url)
         source = f"{args.source} via {args.url}"
     else:
-        from digitserve.classifier import load_classifier
-
         settings = _settings(args)
-        classifier = load_classifier(settings.model_path, settings.model_name)
+        classifier = _load_model(settings)
         pipeline: evaluation.Pipeline = "plain" if args.plain else "digitserve"
         reader = evaluation.local_reader(classifier, pipeline, settings.max_image_pixels)
         source = f"{args.source} ({pipeline} pipeline, in process)"
