@@ -56,18 +56,37 @@ def test_guarded_paths() -> None:
 @pytest.mark.parametrize(
     ("headers", "keys"),
     [
-        ({"authorization": f"Bearer {KEY}"}, [KEY]),
-        ({"authorization": f"bearer   {KEY} "}, [KEY]),
-        ({"x-api-key": f" {KEY}"}, [KEY]),
-        ({"authorization": f"Bearer {KEY}", "x-api-key": OTHER}, [KEY, OTHER]),
-        ({"authorization": "Basic dXNlcjpwYXNz", "x-api-key": KEY}, ["", KEY]),
-        ({"authorization": "Bearer ", "x-api-key": ""}, ["", ""]),
-        ({"authorization": "", "x-api-key": KEY}, ["", KEY]),
-        ({}, []),
+        ([("authorization", f"Bearer {KEY}")], [KEY]),
+        ([("Authorization", f"bearer   {KEY} ")], [KEY]),
+        ([("x-api-key", f" {KEY}")], [KEY]),
+        ([("authorization", f"Bearer {KEY}"), ("x-api-key", OTHER)], [KEY, OTHER]),
+        ([("authorization", "Basic dXNlcjpwYXNz"), ("x-api-key", KEY)], ["", KEY]),
+        ([("authorization", "Bearer "), ("x-api-key", "")], ["", ""]),
+        ([("authorization", ""), ("x-api-key", KEY)], ["", KEY]),
+        ([("x-api-key", "bad"), ("X-API-Key", KEY)], ["bad", KEY]),
+        ([("authorization", "Bearer bad"), ("authorization", f"Bearer {KEY}")], ["bad", KEY]),
+        ([("x-api-key", KEY), ("content-type", "image/png"), ("x-api-key", KEY)], [KEY, KEY]),
+        ([], []),
     ],
 )
-def test_presented_keys(headers: dict[str, str], keys: list[str]) -> None:
-    assert presented_keys(headers) == keys
+def test_presented_keys_are_every_credential_header_sent(
+    headers: list[tuple[str, str]], keys: list[str]
+) -> None:
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    assert presented_keys(raw) == keys
+
+
+def test_a_repeated_credential_header_with_one_bad_key_is_not_admitted() -> None:
+    ring = key_ring([KEY, OTHER])
+    assert ring is not None
+    for headers in (
+        [(b"x-api-key", b"bad"), (b"x-api-key", KEY.encode())],
+        [(b"x-api-key", KEY.encode()), (b"x-api-key", b"bad")],
+        [(b"authorization", b"Bearer bad"), (b"authorization", f"Bearer {KEY}".encode())],
+    ):
+        assert not ring.admits(presented_keys(headers)), headers
+    both = [(b"x-api-key", KEY.encode()), (b"authorization", f"Bearer {OTHER}".encode())]
+    assert ring.admits(presented_keys(both))
 
 
 def test_key_file_skips_blank_lines_and_comments(tmp_path: Path) -> None:

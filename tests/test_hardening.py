@@ -1,6 +1,8 @@
 """Hardening on every response, API keys when configured, and CORS only when configured."""
 
 import dataclasses
+import http.client
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,17 @@ from pydantic import SecretStr
 from digitserve.app import create_app
 from digitserve.classifier import Classifier
 from digitserve.settings import Settings
+from tests.live import LiveServer, start_server, stop_server
 from tests.routes.test_v1 import PREDICT, assert_problem
 
 KEY = "test-key-0123456789abcdef"
+OTHER_KEY = "other-key-0123456789abcdef"
 PIXELS = {"instances": [[0, 0, 10, 16, 16, 10, 0, 0] * 8]}
+PIXELS_V2 = {
+    "inputs": [
+        {"name": "pixels", "shape": [1, 64], "datatype": "INT64", "data": PIXELS["instances"][0]}
+    ]
+}
 
 
 @pytest.fixture
@@ -76,6 +85,40 @@ def test_a_good_key_beside_a_bad_credential_is_401(guarded: TestClient) -> None:
         {"Authorization": f"Bearer {KEY}", "X-API-Key": "wrong-key-123456789"},
     ):
         assert_problem(guarded.get("/v1/models", headers=headers), 401, "unauthorized")
+
+
+REPEATED_CREDENTIALS = {
+    "x-api-key bad then good": [("X-API-Key", "bad"), ("X-API-Key", KEY)],
+    "x-api-key good then bad": [("X-API-Key", KEY), ("X-API-Key", "bad")],
+    "x-api-key good then empty": [("X-API-Key", KEY), ("X-API-Key", "")],
+    "bearer bad then good": [("Authorization", "Bearer bad"), ("Authorization", f"Bearer {KEY}")],
+    "bearer good then basic": [("Authorization", f"Bearer {KEY}"), ("Authorization", "Basic eA==")],
+    "good bearer, good and bad x-api-key": [
+        ("Authorization", f"Bearer {KEY}"),
+        ("X-API-Key", KEY),
+        ("X-API-Key", "bad"),
+    ],
+}
+"""Several credentials, one of them bad: SECURITY.md says every credential sent must be valid."""
+
+
+@pytest.mark.parametrize("headers", REPEATED_CREDENTIALS.values(), ids=REPEATED_CREDENTIALS)
+def test_a_repeated_credential_header_with_a_bad_key_is_401(
+    guarded: TestClient, headers: list[tuple[str, str]]
+) -> None:
+    assert_problem(guarded.get("/v1/models", headers=headers), 401, "unauthorized")
+
+
+def test_several_credentials_that_are_all_good_pass(
+    settings: Settings, classifier: Classifier
+) -> None:
+    keyed = settings.model_copy(update={"api_keys": [SecretStr(KEY), SecretStr(OTHER_KEY)]})
+    with TestClient(create_app(keyed, classifier)) as client:
+        for headers in (
+            [("X-API-Key", KEY), ("X-API-Key", KEY)],
+            [("X-API-Key", KEY), ("Authorization", f"Bearer {OTHER_KEY}")],
+        ):
+            assert client.get("/v1/models", headers=headers).status_code == 200
 
 
 def test_a_wrong_key_is_401_and_is_not_echoed(guarded: TestClient) -> None:
@@ -162,3 +205,98 @@ def test_cors_allows_only_configured_origins_even_before_the_key_check(
         )
         assert other.status_code == 200
         assert "access-control-allow-origin" not in other.headers
+
+
+def body_for(path: str) -> dict[str, Any]:
+    """A good prediction body for the protocol of this path."""
+    return PIXELS_V2 if path.startswith("/v2/") else PIXELS
+
+
+SLASHED = [
+    ("GET", "/v1/"),
+    ("GET", "/v1//"),
+    ("GET", "/v1/models/"),
+    ("GET", "/v1/models/digits/"),
+    ("GET", "/healthz/"),
+    ("GET", "/docs/"),
+    ("POST", PREDICT + "/"),
+    ("POST", "/v2/models/digits/infer/"),
+]
+"""Paths with a trailing slash, which the framework used to redirect with the client's Host."""
+
+
+@pytest.mark.parametrize(("method", "path"), SLASHED)
+def test_a_trailing_slash_is_answered_directly_never_redirected(
+    client: TestClient, method: str, path: str
+) -> None:
+    body = body_for(path) if method == "POST" else None
+    slashed = client.request(
+        method, path, json=body, headers={"Host": "evil.example"}, follow_redirects=False
+    )
+    plain = client.request(method, path.rstrip("/"), json=body)
+    assert "location" not in slashed.headers
+    assert "evil.example" not in str(slashed.headers)
+    assert slashed.status_code == plain.status_code == 200
+    if slashed.headers["content-type"] == "application/json":
+        assert slashed.json() == plain.json()
+
+
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[LiveServer]:
+    """A real server that needs an API key."""
+    server = start_server("--no-access-log", env={"DIGITSERVE_API_KEYS": KEY})
+    yield server
+    assert stop_server(server) == 0
+
+
+def raw_request(
+    server: LiveServer, method: str, path: str, headers: list[tuple[str, str]], body: bytes = b""
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Send one request with exactly these headers, repeats included, and read the answer."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value)
+        if body:
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body or None)
+        response = connection.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("headers", REPEATED_CREDENTIALS.values(), ids=REPEATED_CREDENTIALS)
+def test_a_real_server_refuses_a_repeated_credential_with_a_bad_key(
+    keyed_server: LiveServer, headers: list[tuple[str, str]]
+) -> None:
+    body = json.dumps(PIXELS).encode()
+    status, answer, content = raw_request(
+        keyed_server, "POST", PREDICT, [("Host", "127.0.0.1"), *headers], body
+    )
+    assert status == 401
+    assert json.loads(content)["code"] == "unauthorized"
+    assert ("www-authenticate", 'Bearer realm="digitserve", error="invalid_token"') in [
+        (name.lower(), value) for name, value in answer
+    ]
+    status, _, _ = raw_request(
+        keyed_server, "POST", PREDICT, [("Host", "127.0.0.1"), ("X-API-Key", KEY)], body
+    )
+    assert status == 200
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("method", "path"), SLASHED)
+def test_a_real_server_never_redirects_to_the_host_header(
+    keyed_server: LiveServer, method: str, path: str
+) -> None:
+    body = json.dumps(body_for(path)).encode() if method == "POST" else b""
+    headers = [("Host", "evil.example"), ("X-API-Key", KEY)]
+    status, answer, content = raw_request(keyed_server, method, path, headers, body)
+    assert status == 200
+    assert all(name.lower() != "location" for name, _ in answer)
+    assert b"evil.example" not in b"".join(f"{n}: {v}".encode() for n, v in answer) + content

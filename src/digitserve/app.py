@@ -32,7 +32,11 @@ from digitserve.errors import (
     RouteNotFound,
     problem,
 )
-from digitserve.hardening import ApiKeyMiddleware, SecurityHeadersMiddleware
+from digitserve.hardening import (
+    ApiKeyMiddleware,
+    SecurityHeadersMiddleware,
+    TrailingSlashMiddleware,
+)
 from digitserve.logs import REQUEST_ID, new_request_id
 from digitserve.metrics import Metrics
 from digitserve.middleware import TrafficMiddleware
@@ -128,6 +132,9 @@ def create_app(
         # The service exports Prometheus metrics of its own; FastAPI's OpenTelemetry hooks would
         # look up tracer and meter providers (and the environment) on every request for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        # Starlette would redirect `/v1/` to `/v1` with a URL built from the Host header (an open
+        # redirect); `TrailingSlashMiddleware` answers the slashed paths directly instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.classifier = None
@@ -162,6 +169,7 @@ def create_app(
         TrafficMiddleware, settings=settings, metrics=app.state.metrics, state=app.state
     )
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(TrailingSlashMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     app.state.key_ring = ring
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -5,7 +5,7 @@ Pure functions over strings and bytes; the ASGI glue that answers 401 lives in `
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,18 +73,23 @@ def key_ring(keys: Iterable[str], *, protect_probes: bool = False) -> KeyRing | 
     return KeyRing(digests, protect_probes) if digests else None
 
 
-def presented_keys(headers: Mapping[str, str]) -> list[str]:
-    """Every credential a client sent: `Authorization: Bearer <key>` and `X-API-Key: <key>`.
+def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """Every credential a client sent, in every `Authorization: Bearer` and `X-API-Key` header.
 
-    An Authorization header of another scheme, or an empty one, counts as a credential that
-    matches nothing: a request is never let in on one good key while it also carries a bad one.
+    The raw header list is read, not a mapping: a repeated header is several credentials, each of
+    which must be good (a mapping would keep one, and `X-API-Key: bad` then `X-API-Key: good`
+    would pass). An Authorization header of another scheme, or an empty one, counts as a
+    credential that matches nothing: a request is never let in on one good key while it also
+    carries a bad one.
     """
     keys: list[str] = []
-    if "authorization" in headers:
-        scheme, _, credentials = headers["authorization"].strip().partition(" ")
-        keys.append(credentials.strip() if scheme.lower() == "bearer" else "")
-    if "x-api-key" in headers:
-        keys.append(headers["x-api-key"].strip())
+    for raw_name, raw_value in headers:
+        name = raw_name.lower()
+        if name == b"authorization":
+            scheme, _, credentials = raw_value.decode("latin-1").strip().partition(" ")
+            keys.append(credentials.strip() if scheme.lower() == "bearer" else "")
+        elif name == b"x-api-key":
+            keys.append(raw_value.decode("latin-1").strip())
     return keys
 
 

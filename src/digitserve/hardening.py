@@ -1,7 +1,8 @@
-"""Plain ASGI middleware for response hardening and API keys (no web framework imported).
+"""Plain ASGI middleware for response hardening, paths and API keys (no web framework imported).
 
 `create_app` stacks them: security headers outermost, so every response carries them, the 500
-envelope and the 401 included; the key check innermost, after the request id is known.
+envelope and the 401 included; then trailing slashes, so every later layer sees one path; the key
+check innermost, after the request id is known.
 """
 
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -52,6 +53,31 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_hardened)
 
 
+class TrailingSlashMiddleware:
+    """Answer `/v1/` as `/v1`: a path's trailing slashes are dropped before anything routes it.
+
+    The framework's own answer is a redirect to the other form, built from the request's Host
+    header: `GET /v1/` with `Host: evil.example` was sent to `http://evil.example/v1`, an open
+    redirect (and a POST's 307 hands its body to that host). `create_app` turns those redirects off;
+    this serves the slashed form of every route instead, with the same answer and status.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route an HTTP path without its trailing slashes (the root `/` stays as it is)."""
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == "/" or not path.endswith("/"):
+            await self.app(scope, receive, send)
+            return
+        scope = dict(scope, path=path.rstrip("/") or "/")
+        raw_path = scope.get("raw_path")
+        if isinstance(raw_path, bytes):
+            scope["raw_path"] = raw_path.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
+
+
 class ApiKeyMiddleware:
     """Answer 401 in the error envelope to a guarded path without a valid API key."""
 
@@ -64,11 +90,7 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or not self.ring.guards(scope["path"]):
             await self.app(scope, receive, send)
             return
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in scope["headers"]
-        }
-        presented = presented_keys(headers)
+        presented = presented_keys(scope["headers"])
         if self.ring.admits(presented):
             await self.app(scope, receive, send)
             return
