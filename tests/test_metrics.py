@@ -1,10 +1,15 @@
 """Prometheus metrics: names, labels, isolation between apps, and sums across real workers."""
 
 import json
+import os
+import signal
+import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import sklearn
@@ -15,7 +20,7 @@ from digitserve.app import create_app
 from digitserve.classifier import Classifier
 from digitserve.settings import Settings
 from tests.conftest import DATA_DIR
-from tests.live import start_server, stop_server
+from tests.live import LiveServer, start_server, stop_server
 
 PREDICT_ROUTE = "/v1/models/{model_name}:predict"
 
@@ -198,6 +203,64 @@ def test_two_workers_add_up_in_one_scrape(tmp_path: Path) -> None:
         finally:
             assert stop_server(server) == 0
     assert set(_access_pids(log_path)) == pids
+
+
+IN_FLIGHT = "digitserve_requests_in_flight"
+
+
+def in_flight(server: LiveServer) -> float:
+    """The in-flight gauge as a scrape reports it (the scrape itself is one of them)."""
+    return value(samples(requests.get(f"{server.url}/metrics", timeout=10).text), IN_FLIGHT)
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 15) -> bool:
+    """Poll until the condition holds or the time is up; say whether it held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.integration
+def test_a_killed_worker_s_request_stops_counting_as_in_flight(tmp_path: Path) -> None:
+    with (tmp_path / "server.log").open("wb") as log:
+        server = start_server("--workers", "2", output=log)
+        try:
+            arbiter = psutil.Process(server.process.pid)
+            assert wait_for(lambda: len(arbiter.children()) == 2)
+            assert in_flight(server) == 1  # the scrape
+            # A request whose body never finishes: the worker holds it, in flight.
+            host, port = server.url.removeprefix("http://").split(":")
+            held = socket.create_connection((host, int(port)), timeout=10)
+            try:
+                held.sendall(
+                    b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\nxx"
+                )
+                assert wait_for(lambda: in_flight(server) == 2)
+                client_port = held.getsockname()[1]
+                [holder] = [
+                    worker
+                    for worker in arbiter.children()
+                    if any(
+                        connection.raddr and connection.raddr.port == client_port
+                        for connection in worker.net_connections("tcp")
+                    )
+                ]
+                os.kill(holder.pid, signal.SIGKILL)
+                assert wait_for(
+                    lambda: (
+                        holder.pid not in {worker.pid for worker in arbiter.children()}
+                        and len(arbiter.children()) == 2
+                    )
+                )
+                assert wait_for(lambda: in_flight(server) == 1), in_flight(server)
+            finally:
+                held.close()
+        finally:
+            assert stop_server(server) == 0
 
 
 def _access_pids(log_path: Path) -> set[int]:

@@ -18,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 """Where prometheus-client's multiprocess mode keeps one value file per worker and metric."""
@@ -41,6 +41,17 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 def multiprocess_dir() -> str | None:
     """The multiprocess value directory, when this process writes its metrics there."""
     return os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
+
+
+def forget_process(pid: int) -> None:
+    """Drop a dead worker's live gauges, so requests it held stop counting as in flight.
+
+    Its counters and histograms stay: what it answered was answered. Without this, a worker killed
+    while it held a request left `digitserve_requests_in_flight` one too high forever.
+    """
+    directory = multiprocess_dir()
+    if directory is not None:
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # untyped upstream
 
 
 class Metrics:
@@ -73,6 +84,7 @@ class Metrics:
             "digitserve_requests_in_flight",
             "Requests being handled now (summed over live workers).",
             registry=registry,
+            # A dead worker's value is dropped (`forget_process`), not summed for ever.
             multiprocess_mode="livesum",
         )
         self.stage_seconds = Histogram(

@@ -296,4 +296,12 @@ def _gunicorn_settings(settings: Settings, worker: type) -> dict[str, Any]:
         ),
         "timeout": WORKER_SILENCE_SECONDS,
         "control_socket_disable": True,
+        "child_exit": _worker_exited,
     }
+
+
+def _worker_exited(arbiter: Any, worker: Any) -> None:
+    """In the arbiter, after a worker exits (`child_exit`): it holds no requests any more."""
+    from digitserve.metrics import forget_process
+
+    forget_process(worker.pid)
