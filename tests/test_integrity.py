@@ -68,7 +68,8 @@ def test_a_command_refuses_a_model_that_is_not_the_pinned_one_without_running_it
     assert not marker.exists()
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"digitserve: cannot serve the model: {model} has sha256 ")
+    verb = "serve" if command == "serve" else "load"
+    assert line.startswith(f"digitserve: cannot {verb} the model: {model} has sha256 ")
     assert line.endswith(f"not the expected {pin}; refusing to load it")
     assert result.stdout == ""
 
@@ -81,7 +82,7 @@ def test_the_tampered_model_does_run_when_nothing_stops_it(tmp_path: Path) -> No
     assert marker.exists()
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"digitserve: cannot serve the model: {model} holds a NoneType, "
+        f"digitserve: cannot load the model: {model} holds a NoneType, "
         "not a scikit-learn classifier"
     )
 

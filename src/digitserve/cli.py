@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.run(args)
     except ModelLoadError as exc:
-        print(f"digitserve: cannot serve the model: {exc}", file=sys.stderr)
+        verb = "serve" if args.run is _serve else "load"
+        print(f"digitserve: cannot {verb} the model: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:
         reasons = "; ".join(
