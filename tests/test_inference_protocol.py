@@ -1,6 +1,8 @@
 """The Open Inference Protocol wire format, without HTTP or a model."""
 
 import gzip
+import json
+import random
 import struct
 import zlib
 from typing import Any
@@ -9,8 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from digitserve.errors import BodyTooLarge, InvalidInput, UnsupportedMediaType
+from digitserve.errors import BodyTooLarge, InvalidInput, TooManyElements, UnsupportedMediaType
 from digitserve.inference_protocol import (
+    MAX_GZIP_MEMBERS,
+    STRUCTURE_VALUES,
     DecodedRequest,
     Tensor,
     bytes_tensor,
@@ -29,7 +33,7 @@ from digitserve.inference_protocol import (
     tensor_from_binary,
     tensor_from_json,
 )
-from digitserve.schemas import InferenceRequestOutput
+from digitserve.schemas import MAX_DIMENSIONS, MAX_TENSORS, InferenceRequestOutput
 
 
 def binary_body(header: dict[str, Any], *blobs: bytes) -> tuple[bytes, int]:
@@ -451,3 +455,170 @@ def test_compress_round_trips() -> None:
     body = b"outputs " * 100
     assert gzip.decompress(compress(body, "gzip")) == body
     assert zlib.decompress(compress(body, "deflate")) == body
+
+
+# Hostile sizes: each is refused before it is used, in time linear in the body.
+
+STEP = 64 * 1024
+"""The compressed bytes `decompress` hands zlib at a time (members ending at its edges matter)."""
+
+
+def test_gzip_members_are_read_a_step_at_a_time_across_step_boundaries() -> None:
+    # Incompressible members of ~100 KB each: they end inside the 2nd, 4th and 5th steps.
+    parts = [random.Random(seed).randbytes(100_000) for seed in range(3)]  # noqa: S311
+    packed = b"".join(gzip.compress(part) for part in parts)
+    assert decompress(packed, "gzip", limit=300_000) == b"".join(parts)
+    # A member, and a deflate stream, ending exactly where a step ends.
+    noise = random.Random(3).randbytes(STEP)  # noqa: S311
+    size = next(n for n in range(STEP, 0, -1) if len(gzip.compress(noise[:n])) == STEP)
+    body = gzip.compress(noise[:size]) + gzip.compress(b"tail")
+    assert decompress(body, "gzip", limit=STEP) == noise[:size] + b"tail"
+    size = next(n for n in range(STEP, 0, -1) if len(zlib.compress(noise[:n])) == STEP)
+    with pytest.raises(InvalidInput, match="deflate body has data after its end"):
+        decompress(zlib.compress(noise[:size]) + b"junk", "deflate", limit=STEP)
+    with pytest.raises(InvalidInput, match="gzip body is truncated"):
+        decompress(packed[:-5], "gzip", limit=300_000)
+
+
+def test_gzip_member_count_is_capped() -> None:
+    member = gzip.compress(b"a")
+    assert decompress(member * MAX_GZIP_MEMBERS, "gzip", limit=100) == b"a" * MAX_GZIP_MEMBERS
+    with pytest.raises(InvalidInput, match=f"more than {MAX_GZIP_MEMBERS} members; send one"):
+        decompress(member * (MAX_GZIP_MEMBERS + 1), "gzip", limit=100)
+    # Half a million empty members (10 MB) used to cost minutes: now the cap stops the reading.
+    with pytest.raises(InvalidInput, match="more than 64 members"):
+        decompress(gzip.compress(b"") * 500_000, "gzip", limit=10 * 1024 * 1024)
+
+
+def test_header_length_reads_no_more_digits_than_the_body_length_has() -> None:
+    assert header_length("0007", 10) == 7
+    assert header_length("000", 10) == 0
+    with pytest.raises(InvalidInput, match="body length 10, got '9999") as caught:
+        header_length("9" * 5000, 10)
+    assert "(5000 characters)" in caught.value.detail
+    assert len(caught.value.detail) < 200
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([0] * 65, r"inputs.0.shape\): List should have at most 8 items after validation, not 65"),
+        ([2**64 - 1] * 300, "List should have at most 8 items after validation, not 300"),
+        ([2**64 - 1] * 150_000, "List should have at most 8 items after validation, not 150000"),
+        ([9223372036854775807, 0], "has a dimension larger than a [0-9]+-byte body can carry"),
+        ([2**64 - 1] * 8, "has a dimension larger than a [0-9]+-byte body can carry"),
+        ([1, 2**64], r"inputs.0.shape.1\): Input should be a valid integer"),
+    ],
+)
+def test_shapes_are_bounded_before_any_product_or_allocation(
+    shape: list[int], message: str
+) -> None:
+    # The standard library writes integers of any size, as a hostile client can.
+    document = {"inputs": [_input(shape=shape, data=[])]}
+    with pytest.raises(InvalidInput, match=message):
+        parse_request(json.dumps(document).encode(), None, raw_input="image")
+    header = json.dumps(
+        {"inputs": [_input(shape=shape, data=None, parameters={"binary_data_size": 0})]}
+    ).encode()
+    with pytest.raises(InvalidInput, match=message):
+        parse_request(header, len(header), raw_input="image")
+
+
+def test_eight_dimensions_and_empty_tensors_are_still_read() -> None:
+    request = parse_request(
+        orjson.dumps(
+            {
+                "inputs": [
+                    _input(shape=[1] * MAX_DIMENSIONS),
+                    _input(name="e", shape=[3, 0], data=[]),
+                ]
+            }
+        ),
+        None,
+        raw_input="image",
+    )
+    assert [tensor.data.shape for tensor in request.inputs] == [(1,) * 8, (3, 0)]
+
+
+def test_inputs_outputs_and_parameters_are_capped_naming_the_limit() -> None:
+    many = [_input(name=f"x{i}") for i in range(MAX_TENSORS + 1)]
+    with pytest.raises(InvalidInput, match="inputs: List should have at most 16 items"):
+        parse_request(orjson.dumps({"inputs": many}), None, raw_input="image")
+    outputs = [{"name": f"o{i}"} for i in range(MAX_TENSORS + 1)]
+    with pytest.raises(InvalidInput, match="outputs: List should have at most 16 items"):
+        parse_request(
+            orjson.dumps({"inputs": [_input()], "outputs": outputs}), None, raw_input="image"
+        )
+    parameters = {f"k{i}": None for i in range(100_000)}
+    for document, where in (
+        ({"inputs": [_input()], "parameters": parameters}, "parameters"),
+        ({"inputs": [_input(parameters=parameters)]}, r"input 'x' \(inputs.0.parameters\)"),
+    ):
+        with pytest.raises(InvalidInput, match=f"{where}: at most 64 parameters are accepted"):
+            parse_request(orjson.dumps(document), None, raw_input="image")
+    request = parse_request(
+        orjson.dumps({"inputs": many[:MAX_TENSORS], "outputs": outputs[:MAX_TENSORS]}),
+        None,
+        raw_input="image",
+    )
+    assert len(request.inputs) == len(request.outputs or []) == MAX_TENSORS
+
+
+def test_repeated_names_are_found_among_many_inputs() -> None:
+    inputs = [_input(name=f"x{i}") for i in range(MAX_TENSORS - 2)] + [_input(), _input()]
+    with pytest.raises(InvalidInput, match="input 'x' is given more than once"):
+        parse_request(orjson.dumps({"inputs": inputs}), None, raw_input="image")
+
+
+def test_long_names_are_refused_and_cut_short_in_the_message() -> None:
+    document = {"inputs": [_input(name="n" * 1_000_000)]}
+    with pytest.raises(InvalidInput, match="at most 256 characters") as caught:
+        parse_request(orjson.dumps(document), None, raw_input="image")
+    assert "(1000000 characters) (inputs.0.name)" in caught.value.detail
+    assert len(caught.value.detail) < 300
+
+
+def test_json_values_are_counted_before_the_json_is_parsed() -> None:
+    rows = [[[16] * 8] * 8] * 64
+    grid = {"inputs": [_input(name="pixels", shape=[64, 8, 8], datatype="INT64", data=rows)]}
+    assert parse_request(orjson.dumps(grid), None, raw_input="image", max_elements=64 * 64)
+    flood = {"inputs": [_input(shape=[2_000_000], data=[0] * 2_000_000)]}
+    with pytest.raises(
+        TooManyElements, match="the JSON request holds more than 9216 values"
+    ) as caught:
+        parse_request(orjson.dumps(flood), None, raw_input="image", max_elements=64 * 64)
+    assert caught.value.extra == {"limit": 4096}
+    budget = 2 * 10 + STRUCTURE_VALUES
+    body, length = binary_body(
+        {"inputs": [_input(data=None, parameters={"binary_data_size": 4})], "id": "," * budget},
+        b"\0" * 4,
+    )
+    with pytest.raises(TooManyElements, match=f"the JSON header holds more than {budget} values"):
+        parse_request(body, length, raw_input="image", max_elements=10)
+
+
+def test_binary_bytes_elements_are_bounded_before_they_are_split() -> None:
+    chunk = serialize_bytes([b"a"] * 5000)
+    body, length = binary_body(
+        {
+            "inputs": [
+                _input(
+                    shape=[5000],
+                    datatype="BYTES",
+                    data=None,
+                    parameters={"binary_data_size": len(chunk)},
+                )
+            ]
+        },
+        chunk,
+    )
+    with pytest.raises(
+        TooManyElements,
+        match=r"input 'x': shape \[5000\] holds 5000 BYTES elements; a request may carry at most",
+    ):
+        parse_request(body, length, raw_input="image", max_elements=4096)
+    assert parse_request(body, length, raw_input="image", max_elements=5000).inputs[
+        0
+    ].data.shape == (5000,)
+    with pytest.raises(InvalidInput, match="the binary data holds more than 2 BYTES elements"):
+        deserialize_bytes(chunk, "input 'x'", most=2)

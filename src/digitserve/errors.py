@@ -15,7 +15,9 @@ The hierarchy (HTTP status in brackets; `code` is the stable machine name client
     ├── PayloadTooLarge [413]
     │   ├── BodyTooLarge         body_too_large      over `max_body_bytes`, refused before reading
     │   ├── ImageTooLarge        image_too_large     over `max_image_pixels`, read from the header
-    │   └── TooManyImages        too_many_images     more than `max_images_per_request`
+    │   ├── TooManyImages        too_many_images     more than `max_images_per_request`
+    │   └── TooManyElements      too_many_elements   (/v2) tensor elements past what
+    │                                                `max_images_per_request` rows could need
     ├── UnsupportedMediaType [415]
     │   └── (one class)          unsupported_media_type  lists the accepted types
     ├── NotADigit [422]
@@ -136,6 +138,13 @@ class TooManyImages(PayloadTooLarge):
 
     code = "too_many_images"
     title = "Too many images"
+
+
+class TooManyElements(PayloadTooLarge):
+    """The request's tensors hold more elements than the model could take in one request."""
+
+    code = "too_many_elements"
+    title = "Too many tensor elements"
 
 
 class UnsupportedMediaType(DigitserveError):

@@ -4,11 +4,17 @@ Pure functions, no HTTP framework and no model: request bodies (JSON, the binary
 the raw binary request) become named numpy tensors, and output tensors become a response body
 (JSON, or a JSON header followed by binary blobs). Also the classification extension's top-k
 strings and bounded gzip/deflate. Every malformed request is an `InvalidInput` naming the tensor.
+
+Hostile sizes are checked before they are used: a JSON header's count of values before it is
+parsed and a BYTES tensor's elements before they are split (413 `TooManyElements` past the bound
+the caller gives), every shape against what the body could carry before any product or
+allocation, gzip members as they are read. The work is linear in the body, whatever it holds.
 """
 
 import math
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +24,7 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from digitserve.errors import BodyTooLarge, InvalidInput, UnsupportedMediaType
+from digitserve.errors import BodyTooLarge, InvalidInput, TooManyElements, UnsupportedMediaType
 from digitserve.schemas import InferenceRequest, InferenceRequestOutput
 
 NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
@@ -42,6 +48,18 @@ BYTES = "BYTES"
 
 CONTENT_CODINGS = ("gzip", "deflate", "identity")
 """Request body encodings accepted (`Content-Encoding`), and response encodings offered."""
+
+MAX_GZIP_MEMBERS = 64
+"""Most gzip members one body may hold: clients send one; RFC 1952 allows many back to back."""
+
+STRUCTURE_VALUES = 1024
+"""JSON values a request may spend beyond its tensor elements: names, shapes, parameters."""
+
+_INFLATE_STEP = 64 * 1024
+"""Compressed bytes given to zlib at a time, so what it copies at each member's end is small."""
+
+_SHOWN_CHARACTERS = 64
+"""How much of a client's string an error message quotes."""
 
 _LENGTH = struct.Struct("<I")
 
@@ -93,9 +111,17 @@ def decompress(body: bytes, encoding: str | None, *, limit: int) -> bytes:
 
 
 def _inflate(body: bytes, wbits: int, name: str, limit: int) -> bytes:
-    """Decompress in bounded steps; gzip may hold several members back to back."""
+    """Decompress in bounded steps; gzip may hold several members back to back.
+
+    The input goes to zlib a step at a time: at a member's end zlib copies the input it was given
+    and did not use (`unused_data`), so handing it the whole rest of the body each time made many
+    small members cost time quadratic in the body.
+    """
     out = bytearray()
-    data = body
+    view = memoryview(body)
+    data: bytes | memoryview = view[:_INFLATE_STEP]
+    position = len(data)
+    members = 1
     inflater = zlib.decompressobj(wbits)
     try:
         while True:
@@ -104,15 +130,25 @@ def _inflate(body: bytes, wbits: int, name: str, limit: int) -> bytes:
                 raise BodyTooLarge(
                     f"the {name} body inflates past the limit of {limit} bytes", limit=limit
                 )
-            if not inflater.eof:
-                # Short of the output bound, zlib stops only when the input has run out.
+            # Short of the output bound, zlib has used all the input it was given.
+            if inflater.eof:
+                data = inflater.unused_data
+                if not data and position == len(view):
+                    return bytes(out)
+                if name != "gzip":
+                    raise InvalidInput(f"the {name} body has data after its end")
+                members += 1
+                if members > MAX_GZIP_MEMBERS:
+                    raise InvalidInput(
+                        f"the gzip body has more than {MAX_GZIP_MEMBERS} members; send one"
+                    )
+                inflater = zlib.decompressobj(wbits)
+                if data:
+                    continue
+            elif position == len(view):
                 raise InvalidInput(f"the {name} body is truncated")
-            data = inflater.unused_data
-            if not data:
-                return bytes(out)
-            if name != "gzip":
-                raise InvalidInput(f"the {name} body has data after its end")
-            inflater = zlib.decompressobj(wbits)
+            data = view[position : position + _INFLATE_STEP]
+            position += len(data)
     except zlib.error as exc:
         raise InvalidInput(f"the body is not valid {name} data: {exc}") from exc
 
@@ -122,23 +158,35 @@ def header_length(value: str | None, body_length: int) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not (text.isascii() and text.isdigit()) or int(text) > body_length:
+    # Digits are counted before int() reads them: 5,000 of them are past Python's int limit.
+    digits = text.lstrip("0")
+    if (
+        not (text.isascii() and text.isdigit())
+        or len(digits) > len(str(body_length))
+        or int(digits or "0") > body_length
+    ):
         raise InvalidInput(
             f"Inference-Header-Content-Length must be an integer from 0 to the (decompressed) "
-            f"body length {body_length}, got {value!r}"
+            f"body length {body_length}, got {_shown(value)}"
         )
-    return int(text)
+    return int(digits or "0")
 
 
-def parse_request(body: bytes, length: int | None, *, raw_input: str) -> DecodedRequest:
+def parse_request(
+    body: bytes, length: int | None, *, raw_input: str, max_elements: int | None = None
+) -> DecodedRequest:
     """Split a body into its JSON header and binary tensors, and decode every input.
 
     `length` is the header length (None: the whole body is JSON; 0: a raw binary request, whose
-    body is the single element of the BYTES input `raw_input`).
+    body is the single element of the BYTES input `raw_input`). `max_elements` bounds what costs
+    a Python object per element: the JSON header's values, counted before it is parsed (twice
+    the bound plus `STRUCTURE_VALUES`), and each binary BYTES tensor's elements (None: no bound).
     """
     if length == 0:
         return DecodedRequest(None, {}, [bytes_tensor(raw_input, [body])], None, raw=True)
     header = body if length is None else body[:length]
+    if max_elements is not None:
+        _check_value_count(header, max_elements, binary=length is not None)
     try:
         document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -147,8 +195,8 @@ def parse_request(body: bytes, length: int | None, *, raw_input: str) -> Decoded
         request = InferenceRequest.model_validate(document)
     except ValidationError as exc:
         raise InvalidInput(f"invalid inference request: {_describe(exc, document)}") from exc
-    names = [spec.name for spec in request.inputs]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    counts = Counter(spec.name for spec in request.inputs)
+    repeated = sorted(name for name, count in counts.items() if count > 1)
     if repeated:
         raise InvalidInput(f"input {repeated[0]!r} is given more than once")
     binary = memoryview(body)[len(header) :]
@@ -156,6 +204,7 @@ def parse_request(body: bytes, length: int | None, *, raw_input: str) -> Decoded
     offset = 0
     for spec in request.inputs:
         where = f"input {spec.name!r}"
+        count = _element_count(where, spec.shape, len(body))
         parameters = spec.parameters or {}
         if "shared_memory_region" in parameters:
             raise InvalidInput(f"{where}: shared memory is not supported; send data or binary")
@@ -179,6 +228,12 @@ def parse_request(body: bytes, length: int | None, *, raw_input: str) -> Decoded
                 f"{where}: binary_data_size is {size} but only {len(binary) - offset} bytes of "
                 "binary data are left after the JSON header"
             )
+        if spec.datatype == BYTES and max_elements is not None and count > max_elements:
+            raise TooManyElements(
+                f"{where}: shape {spec.shape} holds {count} BYTES elements; a request may carry "
+                f"at most {max_elements}",
+                limit=max_elements,
+            )
         chunk = bytes(binary[offset : offset + size])
         offset += size
         inputs.append(tensor_from_binary(spec.name, spec.datatype, spec.shape, chunk))
@@ -188,6 +243,46 @@ def parse_request(body: bytes, length: int | None, *, raw_input: str) -> Decoded
             "binary_data_size values do not add up to the body"
         )
     return DecodedRequest(request.id, dict(request.parameters or {}), inputs, request.outputs)
+
+
+def _check_value_count(header: bytes, max_elements: int, *, binary: bool) -> None:
+    """Refuse a JSON document with too many values before parsing makes an object of each.
+
+    Every value but the outermost follows a comma or an opening bracket, so counting those
+    (in C, strings included) bounds the values from above: 10 MB of `0,` is five million list
+    items, some 100 MB once parsed, and is refused here in milliseconds.
+    """
+    budget = 2 * max_elements + STRUCTURE_VALUES
+    values = header.count(b",") + header.count(b"[") + header.count(b"{")
+    if values > budget:
+        what = "JSON header" if binary else "JSON request"
+        raise TooManyElements(
+            f"the {what} holds more than {budget} values (commas and brackets counted); a "
+            f"request's tensors may hold at most {max_elements} elements",
+            limit=max_elements,
+        )
+
+
+def _element_count(where: str, shape: Sequence[int], body_length: int) -> int:
+    """A shape's element count, each dimension checked first against what the body could carry.
+
+    Every element takes at least a byte, so no dimension may exceed the body's length; with at
+    most `MAX_DIMENSIONS` of them the product stays a small number, cheap to compute and print.
+    """
+    for dimension in shape:
+        if dimension > body_length:
+            raise InvalidInput(
+                f"{where}: shape {list(shape)} has a dimension larger than a {body_length}-byte "
+                "body can carry"
+            )
+    return math.prod(shape)
+
+
+def _shown(text: str) -> str:
+    """A client's string for an error message: its repr, cut short (it may be megabytes long)."""
+    if len(text) <= _SHOWN_CHARACTERS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARACTERS]!r}... ({len(text)} characters)"
 
 
 def _describe(exc: ValidationError, document: object) -> str:
@@ -206,7 +301,7 @@ def _describe(exc: ValidationError, document: object) -> str:
             name = _tensor_name(document, str(location[0]), location[1])
             if name is not None:
                 kind = str(location[0])[:-1]
-                path = f"{kind} {name!r} ({path})"
+                path = f"{kind} {_shown(name)} ({path})"
         reasons.append(f"{path}: {message}")
     return "; ".join(reasons)
 
@@ -287,7 +382,7 @@ def tensor_from_binary(name: str, datatype: str, shape: Sequence[int], chunk: by
     where = f"input {name!r}"
     count = element_count(shape)
     if datatype == BYTES:
-        elements = deserialize_bytes(chunk, where)
+        elements = deserialize_bytes(chunk, where, most=count)
         if len(elements) != count:
             raise InvalidInput(
                 f"{where}: shape {list(shape)} holds {count} elements but the binary data "
@@ -305,11 +400,16 @@ def tensor_from_binary(name: str, datatype: str, shape: Sequence[int], chunk: by
     return Tensor(name, datatype, np.frombuffer(chunk, dtype=dtype).reshape(shape))
 
 
-def deserialize_bytes(chunk: bytes, where: str) -> list[bytes]:
-    """Split length-prefixed BYTES elements, refusing lengths that run past the end."""
-    elements = []
+def deserialize_bytes(chunk: bytes, where: str, *, most: int | None = None) -> list[bytes]:
+    """Split length-prefixed BYTES elements, refusing lengths that run past the end.
+
+    With `most` (the count the shape declares), splitting stops at one element too many.
+    """
+    elements: list[bytes] = []
     offset = 0
     while offset < len(chunk):
+        if most is not None and len(elements) == most:
+            raise InvalidInput(f"{where}: the binary data holds more than {most} BYTES elements")
         if offset + _LENGTH.size > len(chunk):
             raise InvalidInput(f"{where}: BYTES data ends inside an element's 4-byte length")
         (size,) = _LENGTH.unpack_from(chunk, offset)

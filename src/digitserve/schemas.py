@@ -2,7 +2,8 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from digitserve.errors import PROBLEM_MEDIA_TYPE
 
@@ -192,6 +193,45 @@ Datatype = Literal[
 Parameters = dict[str, str | int | float | bool]
 """Protocol parameters: string, number or boolean values only."""
 
+MAX_TENSORS = 16
+"""Most inputs, and most outputs, one inference request may list (the model has two of each)."""
+
+MAX_DIMENSIONS = 8
+"""Most dimensions in a request tensor's shape: the model's have one to three, numpy allows 64."""
+
+MAX_PARAMETERS = 64
+"""Most parameters one request, input or output may carry (clients send a handful)."""
+
+MAX_NAME_LENGTH = 256
+"""Longest tensor name in a request (names are echoed in error messages)."""
+
+
+def _few_parameters(value: Any) -> Any:
+    """Count parameters before validating them: a million bad ones would take seconds to list."""
+    if isinstance(value, dict) and len(value) > MAX_PARAMETERS:
+        raise PydanticCustomError(
+            "too_many_parameters",
+            "at most {limit} parameters are accepted, got {count}",
+            {"limit": MAX_PARAMETERS, "count": len(value)},
+        )
+    return value
+
+
+RequestParameters = Annotated[
+    Parameters, Field(max_length=MAX_PARAMETERS), BeforeValidator(_few_parameters)
+]
+"""Parameters of a request, an input or an output: at most `MAX_PARAMETERS` of them (`max_length`
+puts the bound in OpenAPI; the validator checks it before any value is)."""
+
+TensorName = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+"""A tensor name in a request."""
+
+Shape = Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_DIMENSIONS)]
+"""A request tensor's shape. Pydantic checks a list's length before its items, so a million
+dimensions are refused at once; each dimension is checked against the body's size when the
+request is decoded (integers past 2**64 - 1 never get there: orjson reads them as floats, which
+strict validation refuses)."""
+
 TensorData = Annotated[
     list[Any],
     WithJsonSchema(
@@ -220,10 +260,10 @@ class InferenceRequestInput(BaseModel):
 
     model_config = _STRICT
 
-    name: str
-    shape: list[Annotated[int, Field(ge=0)]]
+    name: TensorName
+    shape: Shape
     datatype: Datatype
-    parameters: Parameters | None = Field(
+    parameters: RequestParameters | None = Field(
         default=None, description="`binary_data_size`: bytes of this tensor after the JSON header."
     )
     data: TensorData | None = Field(
@@ -237,8 +277,8 @@ class InferenceRequestOutput(BaseModel):
 
     model_config = _STRICT
 
-    name: str
-    parameters: Parameters | None = Field(
+    name: TensorName
+    parameters: RequestParameters | None = Field(
         default=None,
         description="`binary_data` (bool): return it as binary; `classification` (int k): "
         "return the top k as BYTES `score:index:label` strings instead.",
@@ -269,12 +309,14 @@ class InferenceRequest(BaseModel):
     )
 
     id: str | None = Field(default=None, description="Echoed in the response.")
-    parameters: Parameters | None = Field(
+    parameters: RequestParameters | None = Field(
         default=None, description="`binary_data_output` (bool): every output as binary."
     )
-    inputs: list[InferenceRequestInput] = Field(min_length=1)
+    inputs: list[InferenceRequestInput] = Field(min_length=1, max_length=MAX_TENSORS)
     outputs: list[InferenceRequestOutput] | None = Field(
-        default=None, description="What to return; all outputs when omitted."
+        default=None,
+        max_length=MAX_TENSORS,
+        description="What to return; all outputs when omitted.",
     )
 
 

@@ -91,8 +91,9 @@ _STATUS_DESCRIPTIONS = {
     400: "Malformed request or tensor, the message naming the tensor (`invalid_input`), or an "
     "undecodable image (`invalid_image`).",
     404: "No model of that name or version (`model_not_found`).",
-    413: "Over a limit: body bytes, inflated body bytes, image pixels, or images per request "
-    "(`body_too_large`, `image_too_large`, `too_many_images`).",
+    413: "Over a limit: body bytes, inflated body bytes, image pixels, images per request, or "
+    "tensor elements per request (`body_too_large`, `image_too_large`, `too_many_images`, "
+    "`too_many_elements`).",
     415: "A Content-Encoding other than gzip/deflate/identity, or an image that is not JPEG/PNG.",
     422: "A valid image that cannot be a digit (`image_too_small`, `blank_image`).",
     503: "Model not ready (`model_not_ready`).",
@@ -258,13 +259,17 @@ async def _infer(request: Request, classifier: Classifier) -> Response:
     body = await read_body(request, settings.max_body_bytes)
     encoding = request.headers.get("content-encoding")
     length = request.headers.get(IHCL)
+    # What the model takes at most: that many images, or pixel rows of 64 features.
+    max_elements = settings.max_images_per_request * N_FEATURES
 
     limiter = request.app.state.preprocess_limiter
     call: DecodedRequest
     if encoding is None and len(body) <= INLINE_BYTES:
         # Parsed here (cheap at this size, and errors come back at once); read here too when
         # the images it carries are surely cheap to decode.
-        call = parse_request(body, header_length(length, len(body)), raw_input=IMAGE)
+        call = parse_request(
+            body, header_length(length, len(body)), raw_input=IMAGE, max_elements=max_elements
+        )
         if decodes_quickly(call):
             wanted, features = prepare(call, settings)
         else:
@@ -275,7 +280,9 @@ async def _infer(request: Request, classifier: Classifier) -> Response:
 
         def work() -> tuple[DecodedRequest, list[WantedOutput], NDArray[Any]]:
             plain = decompress(body, encoding, limit=settings.max_body_bytes)
-            parsed = parse_request(plain, header_length(length, len(plain)), raw_input=IMAGE)
+            parsed = parse_request(
+                plain, header_length(length, len(plain)), raw_input=IMAGE, max_elements=max_elements
+            )
             return parsed, *prepare(parsed, settings)
 
         call, wanted, features = await anyio.to_thread.run_sync(work, limiter=limiter)
