@@ -1,11 +1,13 @@
 """CPU work off the event loop: a token is held until its thread is done, come what may."""
 
 import asyncio
+import gc
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import anyio
@@ -105,6 +107,30 @@ def test_results_and_errors_reach_the_caller() -> None:
         assert limiter.borrowed_tokens == 0
 
     asyncio.run(scenario())
+
+
+def test_what_an_error_holds_is_freed_at_once_not_by_the_garbage_collector() -> None:
+    # A refused 10 MB body is in the frames of the error's traceback: a reference cycle through
+    # the future would keep it until a full collection, which an idle server may never make.
+    class Body:
+        """Stands for a request body."""
+
+    def refuse(body: Body) -> None:
+        raise ValueError("refused")
+
+    async def scenario() -> weakref.ref[Body]:
+        body = Body()
+        alive = weakref.ref(body)
+        with pytest.raises(ValueError, match="refused"):
+            await run_sync(refuse, body, limiter=anyio.CapacityLimiter(1))
+        del body
+        return alive
+
+    gc.disable()
+    try:
+        assert asyncio.run(scenario())() is None
+    finally:
+        gc.enable()
 
 
 def test_threads_are_reused_not_multiplied() -> None:

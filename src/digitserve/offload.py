@@ -20,7 +20,7 @@ import queue
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 from anyio import CapacityLimiter
 
@@ -42,26 +42,50 @@ async def run_sync(func: Callable[[*Ts], T], *args: *Ts, limiter: CapacityLimite
     await limiter.acquire_on_behalf_of(borrower)
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
-
-    def settle(deliver: Callable[[], None]) -> None:
-        """On the loop, once the thread is done: free the token, then answer any caller left."""
-        limiter.release_on_behalf_of(borrower)
-        if not future.cancelled():
-            deliver()
-
-    def work() -> Callable[[], None]:
-        try:
-            deliver = partial(future.set_result, func(*args))
-        except BaseException as exc:  # the caller's to handle, on its loop
-            deliver = partial(future.set_exception, exc)
-        return partial(_call_soon, loop, settle, deliver)
-
     try:
-        _THREADS.submit(work)
+        _THREADS.submit(
+            partial(_work, loop, partial(_settle, limiter, borrower, future), future, func, args)
+        )
     except BaseException:
         limiter.release_on_behalf_of(borrower)
         raise
-    return await future
+    try:
+        return await future
+    finally:
+        # An error raised here holds this frame in its traceback, and the future holds the
+        # error: a reference cycle, which would keep a refused body for the cyclic garbage
+        # collector to find (`_work` takes the same care).
+        del future
+
+
+def _work(
+    loop: asyncio.AbstractEventLoop,
+    settle: Callable[[Callable[[], None]], None],
+    future: "asyncio.Future[T]",
+    func: Callable[[*Ts], T],
+    args: tuple[*Ts],
+) -> Callable[[], None]:
+    """On a worker thread: call the function; return what hands its outcome back to the loop."""
+    try:
+        deliver = partial(future.set_result, func(*args))
+    except BaseException as exc:  # the caller's to handle, on its loop
+        deliver = partial(future.set_exception, exc)
+    try:
+        return partial(_call_soon, loop, settle, deliver)
+    finally:
+        del deliver, future, settle  # an error's traceback holds this frame: no way back to it
+
+
+def _settle(
+    limiter: CapacityLimiter,
+    borrower: object,
+    future: "asyncio.Future[Any]",
+    deliver: Callable[[], None],
+) -> None:
+    """On the loop, once the thread is done: free the token, then answer any caller left."""
+    limiter.release_on_behalf_of(borrower)
+    if not future.cancelled():
+        deliver()
 
 
 def _call_soon(
