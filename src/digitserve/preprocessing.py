@@ -68,8 +68,9 @@ MAX_JPEG_HEADER_SEGMENTS = 1024
 Pillow reads them in Python: two million empty comments (8 MB) held it for 2.7 s."""
 
 MAX_JPEG_STRAY_BYTES = 4096
-"""Most fill or junk bytes between a JPEG's header segments: Pillow steps over them one at a time in
-Python (10 MB of fill bytes held it for 5 s)."""
+"""Most fill bytes, and most junk bytes, between a JPEG's header segments: Pillow steps over them
+one at a time in Python (10 MB of fill bytes held it for 5 s). More fill is refused as too complex;
+more junk as corrupt."""
 
 MAX_PNG_CHUNKS = 4096
 """Most chunks a PNG may hold. libpng writes pixel data in 8 KiB chunks, some 1,300 in the
@@ -231,7 +232,7 @@ def _check_layout(data: bytes, media_type: str) -> bool:
     """Refuse a JPEG or PNG laid out to make its decoder work far beyond its size, undecoded.
 
     The cost of decoding follows pixels times passes, plus what Pillow walks in Python: JPEG scans
-    (each a pass over the whole image), the segments and stray bytes before a JPEG's first scan,
+    (each a pass over the whole image), the segments, fill and junk before a JPEG's first scan,
     PNG chunks. Pixels are bounded by `max_image_pixels`; these by the limits above. Returns, for
     a JPEG, whether its header is plain: free of metadata (see `_jpeg_header_plain`).
     """
@@ -252,29 +253,29 @@ def _check_layout(data: bytes, media_type: str) -> bool:
 def _jpeg_header_plain(data: bytes) -> bool:
     """Whether a JPEG's header holds no APP1 segment (Exif and XMP, where orientation is kept).
 
-    Walks the marker segments up to the first scan, refusing more segments or stray bytes than
-    allowed; anything unexpected counts as metadata, so that Pillow reads the header as it always
-    did. Runs of fill and junk bytes are skipped in C, so the walk costs at most a few thousand
-    steps whatever the file holds.
+    Walks the marker segments up to the first scan, refusing more segments, fill bytes or junk
+    than allowed; anything unexpected counts as metadata, so that Pillow reads the header as it
+    always did. Runs of fill and junk bytes are skipped in C, so the walk costs at most a few
+    thousand steps whatever the file holds.
     """
-    position, segments, stray, plain = 2, 0, 0, True
-    while position < len(data) and stray <= MAX_JPEG_STRAY_BYTES:
+    position, segments, fill, junk, plain = 2, 0, 0, 0, True
+    while position < len(data) and max(fill, junk) <= MAX_JPEG_STRAY_BYTES:
         if data[position] != 0xFF:  # junk where a marker belongs
             following = data.find(b"\xff", position)
             end = len(data) if following < 0 else following
-            stray, plain, position = stray + end - position, False, end
+            junk, plain, position = junk + end - position, False, end
             continue
         found = _NOT_FILL.search(data, position)
         marker_at = len(data) if found is None else found.start()
-        stray += marker_at - position - 1  # fill bytes before the marker
+        fill += marker_at - position - 1
         if found is None:
             break
         marker, position = data[marker_at], marker_at + 1
         if marker == 0x00:  # an escaped FF: junk
-            stray, plain = stray + 2, False
+            junk, plain = junk + 2, False
             continue
         segments += 1
-        if segments > MAX_JPEG_HEADER_SEGMENTS or stray > MAX_JPEG_STRAY_BYTES:
+        if segments > MAX_JPEG_HEADER_SEGMENTS or max(fill, junk) > MAX_JPEG_STRAY_BYTES:
             break
         if marker == _START_OF_SCAN:
             return plain
@@ -285,15 +286,20 @@ def _jpeg_header_plain(data: bytes) -> bool:
             continue
         plain = plain and marker != _APP1
         position += int.from_bytes(data[position : position + 2], "big")
+    if junk > MAX_JPEG_STRAY_BYTES:
+        raise InvalidImage(
+            f"could not decode the image/jpeg image: more than {MAX_JPEG_STRAY_BYTES} bytes of junk"
+            " between the segments of its header"
+        )
     if segments > MAX_JPEG_HEADER_SEGMENTS:
         raise ImageTooComplex(
             f"the JPEG has more than {MAX_JPEG_HEADER_SEGMENTS} segments before its first scan",
             limit=MAX_JPEG_HEADER_SEGMENTS,
         )
-    if stray > MAX_JPEG_STRAY_BYTES:
+    if fill > MAX_JPEG_STRAY_BYTES:
         raise ImageTooComplex(
-            f"the JPEG has more than {MAX_JPEG_STRAY_BYTES} fill or junk bytes between the"
-            " segments of its header",
+            f"the JPEG has more than {MAX_JPEG_STRAY_BYTES} fill bytes between the segments of"
+            " its header",
             limit=MAX_JPEG_STRAY_BYTES,
         )
     return False
