@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 from digitserve.classifier import Classifier
 from digitserve.errors import (
     BlankImage,
+    ImageTooComplex,
     ImageTooLarge,
     ImageTooSmall,
     InvalidImage,
@@ -21,6 +22,10 @@ from digitserve.errors import (
 )
 from digitserve.preprocessing import (
     DRAFT_SIDE,
+    MAX_JPEG_HEADER_SEGMENTS,
+    MAX_JPEG_SCANS,
+    MAX_JPEG_STRAY_BYTES,
+    MAX_PNG_CHUNKS,
     area_average,
     declared_pixels,
     decode_image,
@@ -32,6 +37,7 @@ from digitserve.preprocessing import (
     open_image,
     pixels_to_features,
     plain_features,
+    preprocess_image,
     read_digit,
     render_digit,
     sniff_media_type,
@@ -39,6 +45,7 @@ from digitserve.preprocessing import (
 )
 from digitserve.training import Split
 from tests.conftest import Renderer, encode
+from tests.test_hostile_decode import png_with_chunks, repeated_scan_jpeg
 
 LIMIT = 40_000_000
 
@@ -261,6 +268,78 @@ def test_jpeg_segments_are_walked_past_fill_bytes() -> None:
     filled = data[:2] + b"\xff\xff" + data[2:]  # fill bytes may precede any marker
     assert open_image(filled, max_pixels=LIMIT).pillow is None
     assert decode_image(filled, max_pixels=LIMIT).tobytes() == pillow_decode(data).tobytes()
+
+
+def test_jpeg_scans_are_counted_before_decoding() -> None:
+    at_limit = repeated_scan_jpeg(64, MAX_JPEG_SCANS)
+    with pytest.raises(BlankImage):  # decoded: a blank page
+        preprocess_image(at_limit, max_pixels=LIMIT)
+    over = repeated_scan_jpeg(64, MAX_JPEG_SCANS + 1)
+    with pytest.raises(ImageTooComplex, match=f"more than {MAX_JPEG_SCANS} scans") as refused:
+        open_image(over, max_pixels=LIMIT)
+    assert refused.value.extra == {"limit": MAX_JPEG_SCANS}
+    assert refused.value.status == 413
+
+
+def header_segments(data: bytes) -> int:
+    """Marker segments of a plain JPEG from after its SOI to its first scan's, both included."""
+    position, count = 2, 1
+    while data[position + 1] != 0xDA:
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        count += 1
+    return count
+
+
+def test_jpeg_header_segments_and_stray_bytes_are_bounded() -> None:
+    data = noisy_jpeg(16, 16, "RGB", seed=2)
+    scan = data.index(b"\xff\xda")
+    own = header_segments(data)
+    comments = data[:2] + b"\xff\xfe\x00\x02" * (MAX_JPEG_HEADER_SEGMENTS - own) + data[2:]
+    assert open_image(comments, max_pixels=LIMIT).pillow is None  # comments are no metadata
+    with pytest.raises(ImageTooComplex, match="segments before its first scan"):
+        open_image(comments[:2] + b"\xff\xfe\x00\x02" + comments[2:], max_pixels=LIMIT)
+    filled = data[:2] + b"\xff" * MAX_JPEG_STRAY_BYTES + data[2:]
+    assert decode_image(filled, max_pixels=LIMIT).tobytes() == pillow_decode(data).tobytes()
+    with pytest.raises(ImageTooComplex, match="fill bytes"):
+        open_image(filled[:2] + b"\xff" + filled[2:], max_pixels=LIMIT)
+    trailing_fill = data[:scan] + b"\xff" * (MAX_JPEG_STRAY_BYTES + 2)  # no marker ever comes
+    with pytest.raises(ImageTooComplex, match="fill bytes"):
+        open_image(trailing_fill, max_pixels=LIMIT)
+    junk = data[:scan] + bytes(MAX_JPEG_STRAY_BYTES) + data[scan:]
+    assert decode_image(junk, max_pixels=LIMIT).tobytes() == pillow_decode(junk).tobytes()
+    with pytest.raises(InvalidImage, match="junk"):  # garbage, as far as the service goes
+        open_image(data[:scan] + bytes(MAX_JPEG_STRAY_BYTES + 1) + data[scan:], max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize("odd", [b"\xff\x00", b"\xff\xd0", b"\xff\xd9"])
+def test_odd_markers_in_a_jpeg_header_are_left_to_pillow(odd: bytes) -> None:
+    data = noisy_jpeg(16, 16, "RGB", seed=3)
+    scan = data.index(b"\xff\xda")
+    odd_data = data[:scan] + odd + data[scan:]
+    try:
+        expected = pillow_decode(odd_data).tobytes()
+    except (OSError, SyntaxError):
+        with pytest.raises(InvalidImage):
+            decode_image(odd_data, max_pixels=LIMIT)
+        return
+    assert open_image(odd_data, max_pixels=LIMIT).pillow is not None
+    assert decode_image(odd_data, max_pixels=LIMIT).tobytes() == expected
+
+
+def test_png_chunks_are_bounded_before_pillow_reads_them() -> None:
+    plain = png_with_chunks()
+    assert plain.count(b"IDAT") == 1  # IHDR, IDAT, IEND: three chunks
+    at_limit = png_with_chunks(before_pixels=MAX_PNG_CHUNKS - 3)
+    with pytest.raises(BlankImage):  # decoded: a blank page
+        preprocess_image(at_limit, max_pixels=LIMIT)
+    for over in (
+        png_with_chunks(before_pixels=MAX_PNG_CHUNKS - 2),
+        png_with_chunks(empty_idats=MAX_PNG_CHUNKS - 2),
+    ):
+        with pytest.raises(ImageTooComplex, match=f"more than {MAX_PNG_CHUNKS} chunks"):
+            open_image(over, max_pixels=LIMIT)
+        assert declared_pixels(over) is None  # refused at once, wherever it runs
+    assert declared_pixels(at_limit) == 64 * 64
 
 
 def test_cmyk_jpeg_is_left_to_pillow(seven: NDArray[np.int64]) -> None:

@@ -39,7 +39,11 @@ def get_batcher(request: Request) -> MicroBatcher:
 
 
 def get_preprocess_limiter(request: Request) -> CapacityLimiter:
-    """The bound on how many requests preprocess large images at once (see `preprocess_threads`)."""
+    """The bound on threads preprocessing large images: a token is held until its thread is done.
+
+    Pass it to `offload.run_sync`, which keeps that promise when the request runs out of time
+    (see `preprocess_threads`).
+    """
     limiter: CapacityLimiter = request.app.state.preprocess_limiter
     return limiter
 

@@ -15,6 +15,7 @@ The hierarchy (HTTP status in brackets; `code` is the stable machine name client
     ├── PayloadTooLarge [413]
     │   ├── BodyTooLarge         body_too_large      over `max_body_bytes`, refused before reading
     │   ├── ImageTooLarge        image_too_large     over `max_image_pixels`, read from the header
+    │   ├── ImageTooComplex      image_too_complex   too many JPEG scans or segments, or PNG chunks
     │   ├── TooManyImages        too_many_images     more than `max_images_per_request`
     │   └── TooManyElements      too_many_elements   (/v2) tensor elements past what
     │                                                `max_images_per_request` rows could need
@@ -131,6 +132,13 @@ class ImageTooLarge(PayloadTooLarge):
 
     code = "image_too_large"
     title = "Image too large"
+
+
+class ImageTooComplex(PayloadTooLarge):
+    """The image's layout asks its decoder for far more work than its size: refused undecoded."""
+
+    code = "image_too_complex"
+    title = "Image too complex"
 
 
 class TooManyImages(PayloadTooLarge):

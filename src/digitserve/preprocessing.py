@@ -8,6 +8,8 @@ plain reduction `plain_features`, which is kept for input already framed like th
 import functools
 import io
 import math
+import re
+import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from digitserve import framing
 from digitserve.diagnostics import Diagnostic
 from digitserve.errors import (
     BlankImage,
+    ImageTooComplex,
     ImageTooLarge,
     ImageTooSmall,
     InvalidImage,
@@ -53,6 +56,26 @@ BAND_PIXELS = 1 << 20
 """Preprocessing works on bands of about a megapixel: a 40-megapixel PNG of a few hundred
 kilobytes would otherwise need gigabytes of float arrays at once."""
 
+MAX_JPEG_SCANS = 256
+"""Most scans a JPEG may hold. Each scan of a progressive JPEG is another pass over the whole
+image, however few bytes it takes: a 1.2 MB file repeating one 12-byte scan 100,000 times kept
+libjpeg-turbo busy for 11 s, and Pillow as long again. Encoders write one scan per component
+(baseline) or about ten (progressive); nvImageCodec refuses more than 256 by default. At this
+limit a 40-megapixel JPEG decodes in under a second."""
+
+MAX_JPEG_HEADER_SEGMENTS = 1024
+"""Most marker segments before a JPEG's first scan, where tables and metadata take a few dozen.
+Pillow reads them in Python: two million empty comments (8 MB) held it for 2.7 s."""
+
+MAX_JPEG_STRAY_BYTES = 4096
+"""Most fill bytes, and most junk bytes, between a JPEG's header segments: Pillow steps over them
+one at a time in Python (10 MB of fill bytes held it for 5 s). More fill is refused as too complex;
+more junk as corrupt."""
+
+MAX_PNG_CHUNKS = 4096
+"""Most chunks a PNG may hold. libpng writes pixel data in 8 KiB chunks, some 1,300 in the
+largest body allowed; Pillow handles each chunk in Python: 800,000 empty ones held it for 3-5 s."""
+
 _MAGIC = {
     b"\xff\xd8\xff": "image/jpeg",
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -69,6 +92,12 @@ TURBO_COLOURSPACES = {"YCbCr": "RGB", "Gray": "GRAY"}
 Pillow gives (the same library). CMYK, YCCK and RGB-coded JPEGs are left to Pillow."""
 _START_OF_SCAN = 0xDA
 _APP1 = 0xE1
+_END_OF_IMAGE = 0xD9
+_PARAMETERLESS = frozenset({0x01, *range(0xD0, 0xD9)})
+"""Markers without a length: TEM, the restart markers and a stray start of image."""
+_SCAN_MARKER = b"\xff\xda"
+_NOT_FILL = re.compile(rb"[^\xff]")
+_PNG_SIGNATURE_BYTES = 8
 _SQRT3 = math.sqrt(3.0)
 
 Features = NDArray[np.int64]
@@ -104,6 +133,10 @@ def declared_pixels(data: bytes) -> int | None:
         return None
     if media_type == "image/jpeg" and (header := _jpeg_header(data)) is not None:
         return header[0] * header[1]
+    try:
+        _check_layout(data, media_type)  # before Pillow walks the header in Python
+    except ImageTooComplex:
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -148,6 +181,7 @@ def open_image(data: bytes, *, max_pixels: int) -> OpenedImage:
             f"{media_type} images are not accepted; send one of: {', '.join(ACCEPTED_MEDIA_TYPES)}",
             accepted=list(ACCEPTED_MEDIA_TYPES),
         )
+    plain = _check_layout(data, media_type)
     header = _jpeg_header(data) if media_type == "image/jpeg" else None
     pillow = None
     if header is None:
@@ -162,7 +196,7 @@ def open_image(data: bytes, *, max_pixels: int) -> OpenedImage:
         )
     if width < GRID or height < GRID:
         raise ImageTooSmall(f"image is {width}x{height}; a digit needs at least {GRID}x{GRID}")
-    if pillow is None and (colourspace is None or not _metadata_free(data)):
+    if pillow is None and (colourspace is None or not plain):
         pillow = _pillow_open(data, media_type, max_pixels)
     return OpenedImage(data, media_type, width, height, colourspace, pillow, max_pixels)
 
@@ -194,26 +228,96 @@ def _jpeg_header(data: bytes) -> tuple[int, int, str | None] | None:
     return int(width), int(height), TURBO_COLOURSPACES.get(str(colourspace))
 
 
-def _metadata_free(data: bytes) -> bool:
-    """Whether a JPEG's header holds no APP1 segment: Exif and XMP, where orientation is kept.
+def _check_layout(data: bytes, media_type: str) -> bool:
+    """Refuse a JPEG or PNG laid out to make its decoder work far beyond its size, undecoded.
 
-    Walks the marker segments up to the first scan; anything unexpected counts as metadata, so
-    that Pillow reads the header as it always did.
+    The cost of decoding follows pixels times passes, plus what Pillow walks in Python: JPEG scans
+    (each a pass over the whole image), the segments, fill and junk before a JPEG's first scan,
+    PNG chunks. Pixels are bounded by `max_image_pixels`; these by the limits above. Returns, for
+    a JPEG, whether its header is plain: free of metadata (see `_jpeg_header_plain`).
     """
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return False
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-        elif marker == _START_OF_SCAN:
-            return True
-        elif marker == _APP1:
-            return False
-        else:
-            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    if media_type == "image/jpeg":
+        # Every scan starts with the bytes FF DA, which entropy-coded data never holds (a coded
+        # FF byte is followed by 00), so counting them bounds the scans without decoding.
+        if data.count(_SCAN_MARKER) > MAX_JPEG_SCANS:
+            raise ImageTooComplex(
+                f"the JPEG holds more than {MAX_JPEG_SCANS} scans; each scan is another pass over"
+                " the whole image",
+                limit=MAX_JPEG_SCANS,
+            )
+        return _jpeg_header_plain(data)
+    _check_png_chunks(data)
     return False
+
+
+def _jpeg_header_plain(data: bytes) -> bool:
+    """Whether a JPEG's header holds no APP1 segment (Exif and XMP, where orientation is kept).
+
+    Walks the marker segments up to the first scan, refusing more segments, fill bytes or junk
+    than allowed; anything unexpected counts as metadata, so that Pillow reads the header as it
+    always did. Runs of fill and junk bytes are skipped in C, so the walk costs at most a few
+    thousand steps whatever the file holds.
+    """
+    position, segments, fill, junk, plain = 2, 0, 0, 0, True
+    while position < len(data) and max(fill, junk) <= MAX_JPEG_STRAY_BYTES:
+        if data[position] != 0xFF:  # junk where a marker belongs
+            following = data.find(b"\xff", position)
+            end = len(data) if following < 0 else following
+            junk, plain, position = junk + end - position, False, end
+            continue
+        found = _NOT_FILL.search(data, position)
+        marker_at = len(data) if found is None else found.start()
+        fill += marker_at - position - 1
+        if found is None:
+            break
+        marker, position = data[marker_at], marker_at + 1
+        if marker == 0x00:  # an escaped FF: junk
+            junk, plain = junk + 2, False
+            continue
+        segments += 1
+        if segments > MAX_JPEG_HEADER_SEGMENTS or max(fill, junk) > MAX_JPEG_STRAY_BYTES:
+            break
+        if marker == _START_OF_SCAN:
+            return plain
+        if marker == _END_OF_IMAGE:
+            return False
+        if marker in _PARAMETERLESS:
+            plain = False
+            continue
+        plain = plain and marker != _APP1
+        position += int.from_bytes(data[position : position + 2], "big")
+    if junk > MAX_JPEG_STRAY_BYTES:
+        raise InvalidImage(
+            f"could not decode the image/jpeg image: more than {MAX_JPEG_STRAY_BYTES} bytes of junk"
+            " between the segments of its header"
+        )
+    if segments > MAX_JPEG_HEADER_SEGMENTS:
+        raise ImageTooComplex(
+            f"the JPEG has more than {MAX_JPEG_HEADER_SEGMENTS} segments before its first scan",
+            limit=MAX_JPEG_HEADER_SEGMENTS,
+        )
+    if fill > MAX_JPEG_STRAY_BYTES:
+        raise ImageTooComplex(
+            f"the JPEG has more than {MAX_JPEG_STRAY_BYTES} fill bytes between the segments of"
+            " its header",
+            limit=MAX_JPEG_STRAY_BYTES,
+        )
+    return False
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a PNG of more than `MAX_PNG_CHUNKS` chunks, counted up to IEND from their lengths."""
+    position, chunks = _PNG_SIGNATURE_BYTES, 0
+    while position + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageTooComplex(
+                f"the PNG has more than {MAX_PNG_CHUNKS} chunks", limit=MAX_PNG_CHUNKS
+            )
+        length, kind = struct.unpack_from(">I4s", data, position)
+        if kind == b"IEND":
+            return
+        position += 12 + length  # length, type, data, CRC
 
 
 def load_image(image: OpenedImage) -> Image.Image:

@@ -6,6 +6,7 @@ handler is wrapped: the first SIGTERM marks the app as draining (/readyz answers
 are still served, each response says `Connection: close`), and only after
 `shutdown_delay_seconds` is the signal handed on to uvicorn, which closes the listener and lets
 in-flight requests finish within `shutdown_timeout_seconds`. A second SIGTERM hands it on at once.
+Threads still decoding then (see `offload`) do not hold the exit: they are daemon threads.
 """
 
 import asyncio

@@ -9,12 +9,11 @@ import base64
 import binascii
 from typing import Any
 
-import anyio
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from numpy.typing import NDArray
 
-from digitserve import __version__
+from digitserve import __version__, offload
 from digitserve.classifier import Classifier, Prediction
 from digitserve.dependencies import ClassifierDep, get_batcher, get_classifier, get_settings
 from digitserve.errors import (
@@ -273,9 +272,7 @@ async def _infer(request: Request, classifier: Classifier) -> Response:
         if decodes_quickly(call):
             wanted, features = prepare(call, settings)
         else:
-            wanted, features = await anyio.to_thread.run_sync(
-                prepare, call, settings, limiter=limiter
-            )
+            wanted, features = await offload.run_sync(prepare, call, settings, limiter=limiter)
     else:
 
         def work() -> tuple[DecodedRequest, list[WantedOutput], NDArray[Any]]:
@@ -285,7 +282,7 @@ async def _infer(request: Request, classifier: Classifier) -> Response:
             )
             return parsed, *prepare(parsed, settings)
 
-        call, wanted, features = await anyio.to_thread.run_sync(work, limiter=limiter)
+        call, wanted, features = await offload.run_sync(work, limiter=limiter)
     predictions = await get_batcher(request).predict(features)
     content, json_length = respond(call, wanted, predictions, classifier)
     headers = {"Vary": "Accept-Encoding"}
