@@ -9,6 +9,7 @@ The hierarchy (HTTP status in brackets; `code` is the stable machine name client
     ├── Unauthorized [401]       unauthorized        no valid API key (only when keys are set)
     ├── NotFound [404]
     │   ├── ModelNotFound        model_not_found     no model of that name
+    │   ├── VersionNotFound      version_not_found   the model has no such version
     │   └── RouteNotFound        not_found           no such path
     ├── MethodNotAllowed [405]   method_not_allowed
     ├── RequestTimeout [408]     request_timeout     not answered within `request_timeout_seconds`
@@ -98,6 +99,13 @@ class ModelNotFound(NotFound):
 
     code = "model_not_found"
     title = "Model not found"
+
+
+class VersionNotFound(NotFound):
+    """The model is served, but has no such version."""
+
+    code = "version_not_found"
+    title = "Model version not found"
 
 
 class RouteNotFound(NotFound):
