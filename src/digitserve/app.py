@@ -1,5 +1,6 @@
 """The ASGI application: built by `create_app(settings)`, nothing at import time."""
 
+import asyncio
 import logging
 import re
 import sys
@@ -7,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
+import anyio.to_thread
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,8 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitserve import __version__
 from digitserve.auth import KeyRing, key_ring
-from digitserve.batching import MicroBatcher
-from digitserve.classifier import Classifier, load_classifier
+from digitserve.classifier import Classifier
+from digitserve.dataplane import ControlMode, DataPlane
 from digitserve.errors import (
     PROBLEM_MEDIA_TYPE,
     DigitserveError,
@@ -40,7 +41,7 @@ from digitserve.hardening import (
 from digitserve.logs import REQUEST_ID, new_request_id
 from digitserve.metrics import Metrics
 from digitserve.middleware import TrafficMiddleware
-from digitserve.routes import health, metrics, page, v1, v2
+from digitserve.routes import health, metrics, page, repository, v1, v2
 from digitserve.routes.direct import DirectRoute, DirectRoutes, problem_response
 from digitserve.schemas import REQUEST_SCHEMAS
 from digitserve.settings import Settings
@@ -62,6 +63,7 @@ and its input contract; every error is an RFC 9457 problem document whose `code`
 
 DIRECT_ROUTES = (
     DirectRoute("/v1/models/{model_name}:predict", v1.predict_request),
+    DirectRoute("/v1/models/{model_name}/versions/{model_version}:predict", v1.predict_version),
     DirectRoute("/v2/models/{model_name}/infer", v2.infer),
     DirectRoute("/v2/models/{model_name}/versions/{model_version}/infer", v2.infer_version),
 )
@@ -72,11 +74,16 @@ def create_app(
     settings: Settings,
     classifier: Classifier | None = None,
     *,
+    dataplane: DataPlane | None = None,
     handle_sigterm: bool = False,
     direct_routes: bool = True,
     admitted: Callable[[], int] | None = None,
 ) -> FastAPI:
-    """Build the service; the model is loaded in the lifespan unless one is handed in.
+    """Build the service; its models are loaded in the lifespan unless handed in.
+
+    `dataplane` is one already started (the CLI starts it before the port opens, so that a bad
+    model stops start-up); else the lifespan builds one for `classifier` alone, when one is given
+    (tests, Ray), or from the settings' model file or repository.
 
     `handle_sigterm` (for the process that runs the server, not for tests or Ray) drains on
     SIGTERM: see `digitserve.shutdown`. `direct_routes=False` leaves the prediction routes to
@@ -87,38 +94,28 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.classifier = classifier or load_classifier(
-            settings.model_path,
-            settings.model_name,
-            expected_sha256=settings.model_sha256,
-            trusted_types=settings.model_trusted_types,
-        )
-        app.state.metrics.describe_model(
-            app.state.classifier.name, app.state.classifier.version, app.state.classifier.sha256
-        )
+        plane = dataplane
+        if plane is None:
+            plane = DataPlane(
+                settings, app.state.metrics, admitted=admitted or _unknown, classifier=classifier
+            )
+            await anyio.to_thread.run_sync(plane.start)
+        app.state.dataplane = plane
         app.state.draining = False
         restore_sigterm = (
             drain_on_sigterm(_start_draining(app), settings.shutdown_delay_seconds)
             if handle_sigterm
             else lambda: None
         )
-        app.state.preprocess_limiter = anyio.CapacityLimiter(settings.preprocess_threads)
-        app.state.batcher = MicroBatcher(
-            app.state.classifier,
-            app.state.metrics,
-            max_rows=settings.batch_max_rows,
-            min_requests=settings.batch_min_requests,
-            wait_seconds=settings.batch_wait_ms / 1000,
-            admitted=admitted or _unknown,
+        poller = (
+            asyncio.create_task(plane.poll_forever(settings.model_poll_seconds))
+            if plane.control_mode is ControlMode.POLL
+            else None
         )
         app.state.ready = True
-        logger.info(
-            "serving model %s version %s (sha256 %s)",
-            app.state.classifier.name,
-            app.state.classifier.version,
-            app.state.classifier.sha256[:12],
-        )
         yield
+        if poller is not None:
+            poller.cancel()
         restore_sigterm()
         app.state.ready = False
 
@@ -137,14 +134,15 @@ def create_app(
         redirect_slashes=False,
     )
     app.state.settings = settings
-    app.state.classifier = None
+    app.state.dataplane = None
     app.state.ready = False
     app.state.draining = False
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics() if dataplane is None else dataplane.metrics
 
     app.include_router(health.router)
     app.include_router(v1.router)
     app.include_router(v2.router)
+    app.include_router(repository.router)
     app.include_router(metrics.router)
     app.include_router(page.page_router())
 

@@ -46,7 +46,7 @@ Predictor = Callable[[Rows], NDArray[Any]]
 Answers = tuple[NDArray[Any], NDArray[Any]]
 Answerer = Callable[[NDArray[Any]], Answers]
 """(n, 64) feature rows -> each row's label, as `predict()` gives it, and its score per class."""
-PredictionPath = Literal["scikit-learn", "libsvm", "kernel-table"]
+PredictionPath = Literal["scikit-learn", "libsvm", "kernel-table", "onnxruntime"]
 """How predictions are made: the public API, libsvm without per-call checks (`_direct_svc`), or
 libsvm given a kernel looked up once per call (`KernelTable`)."""
 
@@ -278,6 +278,7 @@ def load_classifier(
     *,
     expected_sha256: str | None = None,
     trusted_types: Sequence[str] = (),
+    version: str | None = None,
 ) -> Classifier:
     """Load the operator's model file, check it can serve 64-feature digits, and warm it up.
 
@@ -320,12 +321,12 @@ def load_classifier(
         score_kind = "decision_scores"
     else:
         raise ModelLoadError(f"{path} has neither predict_proba nor decision_function")
-    card = _read_card(path, sha256)
+    card = read_card(path, sha256)
     path_taken, answer = _fastest_answerer(path, estimator, score_kind)
     classifier = Classifier(
         estimator=estimator,
         name=name,
-        version=str(card.get("version") or sha256[:12]),
+        version=version or str(card.get("version") or sha256[:12]),
         sha256=sha256,
         classes=tuple(np.asarray(estimator.classes_).tolist()),
         score_kind=score_kind,
@@ -427,7 +428,7 @@ def _has_method(estimator: Any, name: str) -> bool:
         return False
 
 
-def _read_card(model_path: Path, sha256: str) -> dict[str, Any]:
+def read_card(model_path: Path, sha256: str) -> dict[str, Any]:
     """Read the JSON model card beside the pickle (same stem), if it describes this very file."""
     card_path = model_path.with_suffix(".json")
     if not card_path.is_file():

@@ -17,7 +17,7 @@ from digitserve.errors import DigitserveError, ModelLoadError
 from digitserve.settings import Settings
 
 if TYPE_CHECKING:
-    from digitserve.classifier import Classifier
+    from digitserve.dataplane import DataPlane
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
-    serve.add_argument("--model", type=Path, dest="model_path", help="classifier pickle to host")
+    _model_options(serve)
+    serve.add_argument(
+        "--model-control-mode",
+        choices=["none", "explicit", "poll"],
+        help="none: serve what is there at start-up; explicit: the /v2/repository load and "
+        "unload routes change it; poll: watch the folder (default none)",
+    )
+    serve.add_argument(
+        "--poll-seconds",
+        type=float,
+        dest="model_poll_seconds",
+        help="with --model-control-mode poll: how often to look (default 5)",
+    )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument(
         "--no-access-log",
@@ -63,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="classify local image files without a server")
     predict.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    predict.add_argument("--model", type=Path, dest="model_path", help="classifier pickle")
+    _model_options(predict)
     predict.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     predict.set_defaults(run=_predict)
 
@@ -106,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("source", type=Path, metavar="DIR_OR_MANIFEST")
     evaluate.add_argument("--url", help="a running service (e.g. http://127.0.0.1:8000)")
-    evaluate.add_argument("--model", type=Path, dest="model_path", help="classifier pickle")
+    _model_options(evaluate)
     evaluate.add_argument(
         "--plain",
         action="store_true",
@@ -120,29 +132,60 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_options(command: argparse.ArgumentParser) -> None:
+    """Which model a command uses: one file, or a repository folder (default: the bundled one)."""
+    command.add_argument(
+        "--model",
+        type=Path,
+        dest="model_path",
+        help="one model file (.pickle, .pkl, .joblib, .skops or .onnx), served as --model-name "
+        "version 1 [DIGITSERVE_MODEL_PATH]",
+    )
+    command.add_argument(
+        "--model-repository",
+        type=Path,
+        help="a model repository folder, <name>/<version>/model.<ext> (default: the bundled "
+        "one) [DIGITSERVE_MODEL_REPOSITORY]",
+    )
+    command.add_argument(
+        "--model-name",
+        help="the default model, and the name of a --model file (default digits) "
+        "[DIGITSERVE_MODEL_NAME]",
+    )
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
-    fields = ("host", "port", "workers", "model_path", "log_level", "access_log")
+    fields = (
+        "host",
+        "port",
+        "workers",
+        "model_path",
+        "model_repository",
+        "model_name",
+        "model_control_mode",
+        "model_poll_seconds",
+        "log_level",
+        "access_log",
+    )
     overrides: dict[str, Any] = {
         name: getattr(args, name) for name in fields if getattr(args, name, None) is not None
     }
     return Settings(**overrides)
 
 
-def _load_model(settings: Settings) -> "Classifier":
-    """Load the model the one checked way every command uses: its sha256 pin, its trusted types.
+def _dataplane(settings: Settings) -> "DataPlane":
+    """Load the models the one checked way every command uses: sha256 pins, trusted types.
 
     A model file is code (a pickle runs whatever it holds), so no command may skip the checks
     `serve` makes; a refusal is a `ModelLoadError`, reported by `main` in one line.
     """
-    from digitserve.classifier import load_classifier
+    from digitserve.dataplane import DataPlane
+    from digitserve.metrics import Metrics
 
-    return load_classifier(
-        settings.model_path,
-        settings.model_name,
-        expected_sha256=settings.model_sha256,
-        trusted_types=settings.model_trusted_types,
-    )
+    dataplane = DataPlane(settings, Metrics(), admitted=lambda: 1)
+    dataplane.start()
+    return dataplane
 
 
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -152,7 +195,6 @@ METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 def _serve(args: argparse.Namespace) -> int:
     """Load and check the model before the port opens, then serve until SIGINT or SIGTERM."""
     settings = _settings(args)
-    classifier = _load_model(settings)
     metrics_dir = None
     if settings.workers > 1 and not os.environ.get(METRICS_DIR_VARIABLE):
         # Workers add up their metrics through files; a fresh directory (under $TMPDIR, so a
@@ -162,7 +204,7 @@ def _serve(args: argparse.Namespace) -> int:
     from digitserve.server import serve
 
     try:
-        serve(settings, classifier)
+        serve(settings, _dataplane(settings))
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -172,16 +214,17 @@ def _serve(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     """Classify files and print a table or JSON lines; exit 1 if any file could not be read."""
     from digitserve.diagnostics import confidence_warnings
-    from digitserve.preprocessing import preprocess_image
 
     settings = _settings(args)
-    classifier = _load_model(settings)
+    dataplane = _dataplane(settings)
+    served = dataplane.default_model()
+    classifier = served.classifier
     status = 0
     if not args.json:
         print(f"{'file':40} {'label':>5} {'confidence':>10}  warnings")
     for path in args.files:
         try:
-            read = preprocess_image(path.read_bytes(), max_pixels=settings.max_image_pixels)
+            read = dataplane.read_bytes(path.read_bytes())
         except (OSError, DigitserveError) as exc:
             status = 1
             message = exc.detail if isinstance(exc, DigitserveError) else exc.strerror
@@ -262,9 +305,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         source = f"{args.source} via {args.url}"
     else:
         settings = _settings(args)
-        classifier = _load_model(settings)
+        dataplane = _dataplane(settings)
         pipeline: evaluation.Pipeline = "plain" if args.plain else "digitserve"
-        reader = evaluation.local_reader(classifier, pipeline, settings.max_image_pixels)
+        reader = evaluation.local_reader(dataplane, dataplane.default_model(), pipeline)
         source = f"{args.source} ({pipeline} pipeline, in process)"
     progress = Progress("evaluating")
     try:

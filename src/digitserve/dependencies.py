@@ -5,8 +5,8 @@ from typing import Annotated
 from anyio import CapacityLimiter
 from fastapi import Depends, Request
 
-from digitserve.batching import MicroBatcher
 from digitserve.classifier import Classifier
+from digitserve.dataplane import DataPlane, ServedModel
 from digitserve.errors import ModelNotReady
 from digitserve.metrics import Metrics
 from digitserve.settings import Settings
@@ -18,24 +18,28 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_dataplane(request: Request) -> DataPlane:
+    """The data plane, or 503 while the models are not (yet, or any more) loaded."""
+    dataplane: DataPlane | None = request.app.state.dataplane
+    if dataplane is None or not request.app.state.ready:
+        raise ModelNotReady("the models are not ready to serve; retry shortly")
+    return dataplane
+
+
+def get_model(request: Request, name: str, version: str | None = None) -> ServedModel:
+    """The version of a model that answers: 404 for unknown names and versions, 503 not ready."""
+    return get_dataplane(request).model(name, version)
+
+
 def get_classifier(request: Request) -> Classifier:
-    """The loaded model, or 503 while it is not (yet, or any more) ready to serve."""
-    classifier: Classifier | None = getattr(request.app.state, "classifier", None)
-    if classifier is None or not request.app.state.ready:
-        raise ModelNotReady("the model is not ready to serve; retry shortly")
-    return classifier
+    """The default model's classifier (the page's, the CLI's), or 503 while it is not ready."""
+    return get_dataplane(request).default_model().classifier
 
 
 def get_metrics(request: Request) -> Metrics:
     """The app's own metrics."""
     metrics: Metrics = request.app.state.metrics
     return metrics
-
-
-def get_batcher(request: Request) -> MicroBatcher:
-    """What makes the model calls, batching concurrent requests (see `digitserve.batching`)."""
-    batcher: MicroBatcher = request.app.state.batcher
-    return batcher
 
 
 def get_preprocess_limiter(request: Request) -> CapacityLimiter:
@@ -63,6 +67,11 @@ async def _classifier(request: Request) -> Classifier:
     return get_classifier(request)
 
 
+async def _dataplane(request: Request) -> DataPlane:
+    """`get_dataplane`, inline."""
+    return get_dataplane(request)
+
+
 async def _metrics(request: Request) -> Metrics:
     """`get_metrics`, inline."""
     return get_metrics(request)
@@ -71,3 +80,4 @@ async def _metrics(request: Request) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ClassifierDep = Annotated[Classifier, Depends(_classifier)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]

@@ -7,6 +7,7 @@ The hierarchy (HTTP status in brackets; `code` is the stable machine name client
     │   ├── InvalidImage         invalid_image       bytes no decoder accepts (truncated, garbage)
     │   └── InvalidInput         invalid_input       malformed JSON, multipart, features or query
     ├── Unauthorized [401]       unauthorized        no valid API key (only when keys are set)
+    ├── ModelControlDisabled [403] model_control_disabled  load/unload outside explicit mode
     ├── NotFound [404]
     │   ├── ModelNotFound        model_not_found     no model of that name
     │   ├── VersionNotFound      version_not_found   the model has no such version
@@ -84,6 +85,14 @@ class Unauthorized(DigitserveError):
     status = 401
     code = "unauthorized"
     title = "Unauthorized"
+
+
+class ModelControlDisabled(DigitserveError):
+    """Loading and unloading models is switched off (`--model-control-mode` is not explicit)."""
+
+    status = 403
+    code = "model_control_disabled"
+    title = "Model control disabled"
 
 
 class NotFound(DigitserveError):

@@ -14,17 +14,19 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from digitserve.classifier import Classifier
 from digitserve.diagnostics import confidence_warnings
 from digitserve.errors import DigitserveError
 from digitserve.evalset import MANIFEST
-from digitserve.preprocessing import decode_image, plain_features, read_digit, sniff_media_type
+from digitserve.preprocessing import decode_image, plain_features, sniff_media_type
+
+if TYPE_CHECKING:
+    from digitserve.dataplane import DataPlane, ServedModel
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CLASSES = tuple(range(10))
@@ -157,16 +159,21 @@ Reader = Callable[[bytes], tuple[int, float | None, dict[str, float], tuple[str,
 """Image bytes -> (label, confidence, score per class, warning codes); raises DigitserveError."""
 
 
-def local_reader(classifier: Classifier, pipeline: Pipeline, max_pixels: int) -> Reader:
-    """Read images in this process, with the service's pipeline or the plain reduction."""
+def local_reader(dataplane: "DataPlane", served: "ServedModel", pipeline: Pipeline) -> Reader:
+    """Read images in this process: through the data plane, as the service does, or plainly.
+
+    The plain reduction (decode, area-average, the intensity formula, no levels or framing) is the
+    baseline the service's pipeline is measured against.
+    """
+    classifier = served.classifier
+    max_pixels = dataplane.settings.max_image_pixels
 
     def read(data: bytes) -> tuple[int, float | None, dict[str, float], tuple[str, ...]]:
-        image = decode_image(data, max_pixels=max_pixels)
         codes: tuple[str, ...] = ()
         if pipeline == "plain":
-            features = plain_features(image)
+            features = plain_features(decode_image(data, max_pixels=max_pixels))
         else:
-            result = read_digit(image)
+            result = dataplane.read_bytes(data)
             features, codes = result.features, tuple(w.code for w in result.warnings)
         [prediction] = classifier.predict(features.reshape(1, -1))
         if prediction.confidence is not None:

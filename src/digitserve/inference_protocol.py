@@ -467,6 +467,7 @@ def encode_response(
     model_version: str | None,
     request_id: str | None,
     outputs: Sequence[tuple[Tensor, bool]],
+    parameters: dict[str, str | int | float | bool] | None = None,
 ) -> tuple[bytes, int | None]:
     """Build the body: JSON, then the binary outputs' blobs in order.
 
@@ -477,6 +478,8 @@ def encode_response(
         document["model_version"] = model_version
     if request_id is not None:
         document["id"] = request_id
+    if parameters:
+        document["parameters"] = parameters
     entries = []
     blobs = []
     for tensor, binary in outputs:

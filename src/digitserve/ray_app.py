@@ -50,7 +50,10 @@ class ReplicaHeader:
 
 def deployment(settings: Settings, replicas: int = 1, num_cpus: float = 1.0) -> Application:
     """The digitserve app as a Ray Serve application of `replicas` replicas."""
-    settings = settings.model_copy(update={"model_path": settings.model_path.resolve()})
+    paths = {"model_path": settings.model_path, "model_repository": settings.model_repository}
+    settings = settings.model_copy(
+        update={key: path.resolve() for key, path in paths.items() if path is not None}
+    )
 
     def build() -> ASGIApp:
         """Build the app inside the replica (the model loads in its lifespan there)."""

@@ -208,9 +208,7 @@ class ModelRepository(Generic[Loaded]):
                     ready[version] = self.loader(name, version, entry.path, config)
                 except ModelLoadError as exc:
                     logger.error("model %s version %d not loaded: %s", name, version, exc)
-                    status[version] = VersionStatus(
-                        name, str(version), State.UNAVAILABLE, str(exc)
-                    )
+                    status[version] = VersionStatus(name, str(version), State.UNAVAILABLE, str(exc))
                     continue
                 status[version] = VersionStatus(name, str(version), State.READY)
             for entry in files:

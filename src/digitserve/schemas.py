@@ -165,10 +165,46 @@ class ModelMetadata(BaseModel):
     )
 
 
-class ModelList(BaseModel):
-    """Every model this server hosts."""
+class VersionEntry(BaseModel):
+    """One version of a model and its state."""
 
-    models: list[ModelMetadata]
+    version: str = Field(examples=["1"])
+    state: Literal["READY", "LOADING", "UNAVAILABLE"]
+    reason: str = Field("", description="Why the version is not ready, when it is not.")
+
+
+class ModelEntry(BaseModel):
+    """One model of the repository: its versions, its default version and that version's card."""
+
+    name: str = Field(examples=["digits"])
+    default_version: str | None = Field(
+        description="The version that answers unversioned requests (null: none ready)."
+    )
+    versions: list[VersionEntry]
+    card: ModelMetadata | None = None
+
+
+class ModelList(BaseModel):
+    """Every model this server hosts, with every version and its state."""
+
+    models: list[ModelEntry]
+
+
+class RepositoryIndexRequest(BaseModel):
+    """The repository extension's index request: optionally only ready versions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ready: bool = False
+
+
+class RepositoryIndexEntry(BaseModel):
+    """One line of the repository index, as Triton's repository extension gives it."""
+
+    name: str = Field(examples=["digits"])
+    version: str = Field(examples=["1"], description="Empty when the model has no version.")
+    state: Literal["READY", "LOADING", "UNAVAILABLE"]
+    reason: str = ""
 
 
 # Open Inference Protocol v2 (KServe v2, Triton HTTP), field for field as the protocol has them.

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from digitserve.classifier import Classifier
+from digitserve.dataplane import DataPlane
 from digitserve.errors import PROBLEM_MEDIA_TYPE, RequestTimeout, problem
 from digitserve.logs import logging_config, new_request_id, skip_unused_record_fields
 from digitserve.middleware import ADMITTED_KEY
@@ -168,8 +168,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def serve(settings: Settings, classifier: Classifier) -> None:
-    """Serve until SIGINT or SIGTERM, in one process or in `settings.workers` worker processes."""
+def serve(settings: Settings, dataplane: DataPlane) -> None:
+    """Serve until SIGINT or SIGTERM, in one process or in `settings.workers` worker processes.
+
+    The data plane has loaded its models already, so a bad model stops start-up before the port
+    opens.
+    """
     from digitserve.app import create_app
 
     admission = Admission(settings.max_concurrent_requests)
@@ -197,7 +201,8 @@ def serve(settings: Settings, classifier: Classifier) -> None:
     # handler there the process exits 0 after a clean stop, as orchestrators expect.
     signal.signal(signal.SIGTERM, _ignore)
     skip_unused_record_fields()
-    app = create_app(settings, classifier, handle_sigterm=True, admitted=admission.count)
+    dataplane.admitted = admission.count
+    app = create_app(settings, dataplane=dataplane, handle_sigterm=True)
     freeze_startup_objects()
     if settings.workers == 1:
         uvicorn.run(app, **options)

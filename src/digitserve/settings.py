@@ -18,11 +18,23 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DIGITSERVE_", frozen=True, extra="forbid")
 
-    model_path: Path = Path("model/classifier.pickle")
-    """The classifier pickle to host. Only this operator-supplied file is ever unpickled."""
+    model_path: Path | None = None
+    """One model file to host (pickle, joblib, skops or ONNX), as version 1 of `model_name`;
+    overrides the repository. Only operator-supplied files are ever unpickled."""
+
+    model_repository: Path | None = None
+    """A model repository folder (`<name>/<version>/model.<ext>`); default: the bundled one."""
+
+    model_control_mode: Literal["none", "explicit", "poll"] = "none"
+    """`none`: serve what is found at start-up; `explicit`: the repository load/unload routes
+    change it; `poll`: the folder is watched and changes are served on their own."""
+
+    model_poll_seconds: float = Field(5.0, gt=0, le=3600)
+    """How often the `poll` control mode looks at the repository folder."""
 
     model_name: str = Field("digits", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    """The name clients use in URLs (`/v1/models/{model_name}`)."""
+    """The default model: the name of the `model_path` model, and the one the page and the CLI
+    use when none is named (`/v1/models/{model_name}`)."""
 
     host: str = "127.0.0.1"
     """Interface to bind; `0.0.0.0` inside a container."""
@@ -130,6 +142,14 @@ class Settings(BaseSettings):
         if not keys:
             raise ValueError(f"the API key file {path} holds no keys")
         check_keys(keys)
+        return path
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_is_a_folder(cls, path: Path | None) -> Path | None:
+        """Fail at start-up, before the port opens, when the repository folder is not there."""
+        if path is not None and not path.is_dir():
+            raise ValueError(f"the model repository {path} is not a folder")
         return path
 
     @field_validator("model_sha256")

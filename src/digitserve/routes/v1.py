@@ -3,7 +3,6 @@
 import base64
 import binascii
 import functools
-import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, get_args
 
@@ -11,28 +10,18 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
-from digitserve import __version__, offload
+from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dependencies import (
-    ClassifierDep,
-    SettingsDep,
-    get_batcher,
-    get_classifier,
-    get_metrics,
-    get_preprocess_limiter,
-    get_settings,
-)
+from digitserve.dataplane import DataPlane, ServedModel, each_item, pixel_list
+from digitserve.dependencies import DataPlaneDep, get_dataplane, get_model
 from digitserve.diagnostics import WARNING_CODES, confidence_warnings
 from digitserve.errors import (
-    DigitserveError,
     InvalidInput,
     MethodNotAllowed,
-    ModelNotFound,
     TooManyImages,
     UnsupportedMediaType,
     catalogue,
 )
-from digitserve.metrics import Metrics
 from digitserve.middleware import BODY_BYTES_KEY, IMAGES_KEY
 from digitserve.preprocessing import (
     ACCEPTED_MEDIA_TYPES,
@@ -42,10 +31,6 @@ from digitserve.preprocessing import (
     OpenedImage,
     Preprocessed,
     declared_pixels,
-    load_pixels,
-    open_image,
-    pixels_to_features,
-    read_digit,
 )
 from digitserve.routes.bodies import media_type_of, parse_multipart, read_body
 from digitserve.schemas import (
@@ -56,7 +41,6 @@ from digitserve.schemas import (
     PredictResponse,
     problem_responses,
 )
-from digitserve.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -135,18 +119,24 @@ PREDICT_REQUEST_BODY: dict[str, Any] = {
 }
 
 
-def describe_model(classifier: Classifier, settings: Settings) -> dict[str, Any]:
+def describe_model(served: ServedModel, dataplane: DataPlane) -> dict[str, Any]:
     """The model card plus how to call it: everything a consumer needs, from the API itself."""
+    classifier = served.classifier
+    settings = dataplane.settings
     card = classifier.card
-    base = f"/v1/models/{classifier.name}"
+    base = f"/v1/models/{served.name}"
+    versioned = f"{base}/versions/{served.version}"
+    release = card.get("version")
     return {
         **{key: value for key, value in card.items() if key not in ("name", "version", "input")},
-        "name": classifier.name,
-        "version": classifier.version,
+        "name": served.name,
+        "version": served.version,
+        **({"release": str(release)} if release is not None else {}),
         "description": card.get(
-            "description", "A scikit-learn classifier of 8x8 digit images (operator-supplied)."
+            "description", "A classifier of 8x8 digit images (operator-supplied)."
         ),
         "sha256": classifier.sha256,
+        "runtime": classifier.path,
         "scores": classifier.score_kind,
         "classes": list(classifier.classes),
         "labels": card.get("labels", {key: key for key in classifier.class_keys}),
@@ -178,6 +168,7 @@ def describe_model(classifier: Classifier, settings: Settings) -> dict[str, Any]
         },
         "endpoints": {
             "predict": f"POST {base}:predict",
+            "predict_this_version": f"POST {versioned}:predict",
             "metadata": f"GET {base}",
             "errors": "GET /v1/errors",
             "openapi": "GET /openapi.json",
@@ -186,17 +177,42 @@ def describe_model(classifier: Classifier, settings: Settings) -> dict[str, Any]
     }
 
 
+def model_entry(dataplane: DataPlane, name: str) -> dict[str, Any]:
+    """One model of the repository: its versions and states, and its default version's card."""
+    repository = dataplane.repository
+    default = repository.default_version(name)
+    versions = [
+        {"version": line.version, "state": line.state.value, "reason": line.reason}
+        for line in repository.index(name)
+        if line.version
+    ]
+    card = None
+    if default is not None:
+        card = describe_model(dataplane.model(name, str(default)), dataplane)
+    return {
+        "name": name,
+        "default_version": None if default is None else str(default),
+        "versions": versions,
+        "card": card,
+    }
+
+
 @router.get("", summary="API index")
-async def index(classifier: ClassifierDep) -> dict[str, Any]:
-    """Say what this server is and where everything lives."""
+async def index(dataplane: DataPlaneDep) -> dict[str, Any]:
+    """Say what this server is, which models it hosts and where everything lives."""
+    default = dataplane.default_name
     return {
         "name": "digitserve",
         "version": __version__,
-        "models": [{"name": classifier.name, "version": classifier.version}],
+        "models": [
+            {"name": name, "default_version": _text(dataplane.repository.default_version(name))}
+            for name in dataplane.repository.names()
+        ],
+        "default_model": default,
         "links": {
             "models": "/v1/models",
-            "model": f"/v1/models/{classifier.name}",
-            "predict": f"/v1/models/{classifier.name}:predict",
+            "model": f"/v1/models/{default}",
+            "predict": f"/v1/models/{default}:predict",
             "errors": "/v1/errors",
             "docs": "/docs",
             "openapi": "/openapi.json",
@@ -204,8 +220,14 @@ async def index(classifier: ClassifierDep) -> dict[str, Any]:
             "ready": "/readyz",
             "metrics": "/metrics",
             "inference_protocol": "/v2",
+            "repository_index": "POST /v2/repository/index",
         },
     }
+
+
+def _text(version: int | None) -> str | None:
+    """A version number as the API writes it."""
+    return None if version is None else str(version)
 
 
 @router.get("/errors", response_model=list[ErrorEntry], summary="Every error code, explained")
@@ -217,9 +239,9 @@ async def errors() -> list[dict[str, Any]]:
 @router.get(
     "/models", response_model=ModelList, summary="List models", responses=_problem_responses(503)
 )
-async def list_models(classifier: ClassifierDep, settings: SettingsDep) -> dict[str, Any]:
-    """Every model this server hosts, with its card."""
-    return {"models": [describe_model(classifier, settings)]}
+async def list_models(dataplane: DataPlaneDep) -> dict[str, Any]:
+    """Every model this server hosts, with every version, its state and the default's card."""
+    return {"models": [model_entry(dataplane, name) for name in dataplane.repository.names()]}
 
 
 @router.post(
@@ -241,13 +263,41 @@ async def predict(
     return await predict_request(request, model_name)
 
 
+@router.post(
+    "/models/{model_name}/versions/{model_version}:predict",
+    summary="Predict with one version of a model",
+    response_model=PredictResponse,
+    responses=_problem_responses(400, 404, 413, 415, 422, 503),
+    openapi_extra={"requestBody": PREDICT_REQUEST_BODY},
+)
+async def predict_with_version(
+    request: Request,
+    model_name: str,
+    model_version: str,
+    include: Annotated[
+        list[Include] | None,
+        Query(description="`pixels` adds the 8x8 grid the model saw to each prediction."),
+    ] = None,
+) -> Response:
+    """As `:predict`, answered by the version named (TF Serving's versioned form)."""
+    return await predict_version(request, model_name, model_version)
+
+
 async def predict_request(request: Request, model_name: str) -> Response:
     """`predict`, reading its query and the app's state itself (see `routes.direct`)."""
+    return await _predict(request, get_model(request, model_name))
+
+
+async def predict_version(request: Request, model_name: str, model_version: str) -> Response:
+    """`predict_with_version`, likewise."""
+    return await _predict(request, get_model(request, model_name, model_version))
+
+
+async def _predict(request: Request, served: ServedModel) -> Response:
+    """Read the body, preprocess it (off the loop when big), predict, and answer in order."""
     with_pixels = _with_pixels(request)
-    classifier = get_classifier(request)
-    settings = get_settings(request)
-    metrics = get_metrics(request)
-    _check_model_name(model_name, classifier)
+    dataplane = get_dataplane(request)
+    settings = dataplane.settings
     media_type, options = media_type_of(request.headers.get("content-type"))
     if media_type not in REQUEST_MEDIA_TYPES:
         raise UnsupportedMediaType(
@@ -262,26 +312,19 @@ async def predict_request(request: Request, model_name: str) -> Response:
     if media_type in ACCEPTED_MEDIA_TYPES:
         # Opened once, here: the header's size says where to decode, and a bad header is
         # answered at once.
-        image = _opened(body, settings.max_image_pixels, metrics)
+        image = dataplane.open(body)
         quick = image.width * image.height <= INLINE_PIXELS
-        decode = functools.partial(_read_all, [image], metrics)
+        decode = functools.partial(_read_all, [image], dataplane)
     else:
         quick = decodes_quickly(media_type, body)
-        decode = _request_decoder(media_type, options, body, settings, metrics)
-    items = (
-        decode()
-        if quick
-        else await offload.run_sync(decode, limiter=get_preprocess_limiter(request))
-    )
+        decode = _request_decoder(media_type, options, body, dataplane)
+    items = await dataplane.off_loop(decode, quick=quick)
     setattr(state, IMAGES_KEY, len(items))
     batch = np.array([item.features for item in items])  # np.stack costs 10 µs more
-    predictions = await get_batcher(request).predict(batch)
+    predictions = await dataplane.predict(served, batch)
+    classifier = served.classifier
     content = {
-        "model": {
-            "name": classifier.name,
-            "version": classifier.version,
-            "scores": classifier.score_kind,
-        },
+        "model": {"name": served.name, "version": served.version, "scores": classifier.score_kind},
         "predictions": [
             _prediction_body(prediction, item, classifier, with_pixels=with_pixels)
             for prediction, item in zip(predictions, items, strict=True)
@@ -296,14 +339,26 @@ async def predict_request(request: Request, model_name: str) -> Response:
     summary="Model card: what it does and how to call it",
     responses=_problem_responses(404, 503),
 )
-async def model_metadata(
-    model_name: str, classifier: ClassifierDep, settings: SettingsDep
-) -> dict[str, Any]:
-    """Describe the model: classes, input contract, outputs, preprocessing, limits, versions."""
+async def model_metadata(model_name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
+    """Describe the model's default version: classes, input contract, outputs, limits."""
     if model_name.endswith(":predict"):
         raise MethodNotAllowed("use POST for :predict", headers={"Allow": "POST"})
-    _check_model_name(model_name, classifier)
-    return describe_model(classifier, settings)
+    return describe_model(dataplane.model(model_name), dataplane)
+
+
+@router.get(
+    "/models/{model_name}/versions/{model_version}",
+    response_model=ModelMetadata,
+    summary="Model card of one version",
+    responses=_problem_responses(404, 503),
+)
+async def model_version_metadata(
+    model_name: str, model_version: str, dataplane: DataPlaneDep
+) -> dict[str, Any]:
+    """Describe one version of a model."""
+    if model_version.endswith(":predict"):
+        raise MethodNotAllowed("use POST for :predict", headers={"Allow": "POST"})
+    return describe_model(dataplane.model(model_name, model_version), dataplane)
 
 
 def decodes_quickly(media_type: str, body: bytes) -> bool:
@@ -330,12 +385,6 @@ def _with_pixels(request: Request) -> bool:
     return bool(values)
 
 
-def _check_model_name(model_name: str, classifier: Classifier) -> None:
-    """404 for any name but the hosted model's."""
-    if model_name != classifier.name:
-        raise ModelNotFound(f"no model named {model_name!r}; this server hosts {classifier.name!r}")
-
-
 def _prediction_body(
     prediction: Prediction, item: Preprocessed, classifier: Classifier, *, with_pixels: bool
 ) -> dict[str, Any]:
@@ -355,21 +404,20 @@ def _prediction_body(
 
 
 def _request_decoder(
-    media_type: str, options: dict[bytes, bytes], body: bytes, settings: Settings, metrics: Metrics
+    media_type: str, options: dict[bytes, bytes], body: bytes, dataplane: DataPlane
 ) -> Callable[[], list[Preprocessed]]:
     """Pick how to turn a multipart or JSON body into feature rows; the call does the CPU work."""
-    max_pixels = settings.max_image_pixels
-    limit = settings.max_images_per_request
+    limit = dataplane.settings.max_images_per_request
     if media_type == "multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
             raise InvalidInput("multipart/form-data needs a boundary parameter in Content-Type")
-        return lambda: _multipart_features(body, boundary, max_pixels, limit, metrics)
-    return lambda: _json_features(body, max_pixels, limit, metrics)
+        return lambda: _multipart_features(body, boundary, limit, dataplane)
+    return lambda: _json_features(body, limit, dataplane)
 
 
 def _multipart_features(
-    body: bytes, boundary: bytes, max_pixels: int, limit: int, metrics: Metrics
+    body: bytes, boundary: bytes, limit: int, dataplane: DataPlane
 ) -> list[Preprocessed]:
     """Features of every `image` part, in order."""
     parts = parse_multipart(body, boundary, max_parts=limit)
@@ -381,15 +429,14 @@ def _multipart_features(
         )
     if not parts:
         raise InvalidInput(f"the form has no {MULTIPART_FIELD!r} file part")
-    return [
-        _itemised(index, part.filename, _image_features, bytes(part.data), max_pixels, metrics)
-        for index, part in enumerate(parts)
-    ]
+    return each_item(
+        [bytes(part.data) for part in parts],
+        dataplane.read_bytes,
+        [part.filename for part in parts],
+    )
 
 
-def _json_features(
-    body: bytes, max_pixels: int, limit: int, metrics: Metrics
-) -> list[Preprocessed]:
+def _json_features(body: bytes, limit: int, dataplane: DataPlane) -> list[Preprocessed]:
     """Features of every JSON instance, in order."""
     try:
         document = orjson.loads(body)
@@ -404,13 +451,10 @@ def _json_features(
         raise TooManyImages(
             f"{len(instances)} instances in one request; the limit is {limit}", limit=limit
         )
-    return [
-        _itemised(index, None, _instance_features, item, max_pixels, metrics)
-        for index, item in enumerate(instances)
-    ]
+    return each_item(instances, functools.partial(_instance_features, dataplane=dataplane))
 
 
-def _instance_features(instance: object, max_pixels: int, metrics: Metrics) -> Preprocessed:
+def _instance_features(instance: object, dataplane: DataPlane) -> Preprocessed:
     """One JSON instance: {"b64": image} or ready-made pixels (which carry no image warnings)."""
     if isinstance(instance, dict):
         if set(instance) != {"b64"} or not isinstance(instance["b64"], str):
@@ -419,48 +463,10 @@ def _instance_features(instance: object, max_pixels: int, metrics: Metrics) -> P
             data = base64.b64decode(instance["b64"], validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput("b64 is not valid base64") from exc
-        return _image_features(data, max_pixels, metrics)
-    return Preprocessed(pixels_to_features(instance))
+        return dataplane.read_bytes(data)
+    return Preprocessed(pixel_list(instance, "pixels"))
 
 
-def _image_features(data: bytes, max_pixels: int, metrics: Metrics) -> Preprocessed:
-    """One encoded image, read, recording its size and the decode and preprocess times."""
-    return _read_opened(_opened(data, max_pixels, metrics), metrics)
-
-
-def _opened(data: bytes, max_pixels: int, metrics: Metrics) -> OpenedImage:
-    """An image's header read and checked against the limits (see `open_image`)."""
-    metrics.image_bytes.observe(len(data))
-    return open_image(data, max_pixels=max_pixels)
-
-
-def _read_all(images: list[OpenedImage], metrics: Metrics) -> list[Preprocessed]:
+def _read_all(images: list[OpenedImage], dataplane: DataPlane) -> list[Preprocessed]:
     """Decode and read opened images."""
-    return [_read_opened(image, metrics) for image in images]
-
-
-def _read_opened(image: OpenedImage, metrics: Metrics) -> Preprocessed:
-    """Decode and read an opened image, recording the decode and preprocess times."""
-    started = time.perf_counter()
-    pixels = load_pixels(image)
-    decoded = time.perf_counter()
-    item = read_digit(pixels)
-    metrics.decode_seconds.observe(decoded - started)
-    metrics.preprocess_seconds.observe(time.perf_counter() - decoded)
-    return item
-
-
-def _itemised(
-    index: int,
-    filename: str | None,
-    work: Callable[[Item, int, Metrics], Preprocessed],
-    item: Item,
-    max_pixels: int,
-    metrics: Metrics,
-) -> Preprocessed:
-    """Run one item's preprocessing, naming the item in any error it raises."""
-    try:
-        return work(item, max_pixels, metrics)
-    except DigitserveError as exc:
-        where = f"item {index}" + (f" ({filename})" if filename else "")
-        raise type(exc)(f"{where}: {exc.detail}", headers=exc.headers, **exc.extra) from exc
+    return [dataplane.read(image) for image in images]

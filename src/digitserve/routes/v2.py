@@ -7,21 +7,20 @@ in `inference_protocol`; this module maps tensors to features and predictions ba
 
 import base64
 import binascii
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request, Response
 from numpy.typing import NDArray
 
-from digitserve import __version__, offload
+from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dependencies import ClassifierDep, get_batcher, get_classifier, get_settings
-from digitserve.errors import (
-    DigitserveError,
-    InvalidInput,
-    ModelNotFound,
-    TooManyImages,
-)
+from digitserve.dataplane import DataPlane, ServedModel, each_item, pixel_rows
+from digitserve.dependencies import DataPlaneDep, get_dataplane, get_model
+from digitserve.diagnostics import Diagnostic
+from digitserve.errors import InvalidInput, ModelNotReady
 from digitserve.inference_protocol import (
     BYTES,
     NUMERIC_DTYPES,
@@ -37,13 +36,13 @@ from digitserve.inference_protocol import (
     parse_request,
     response_encoding,
 )
+from digitserve.middleware import BODY_BYTES_KEY, IMAGES_KEY
 from digitserve.preprocessing import (
     GRID,
     INLINE_PIXELS,
     LEVELS,
     N_FEATURES,
     declared_pixels,
-    image_to_features,
 )
 from digitserve.routes.bodies import read_body
 from digitserve.schemas import (
@@ -55,7 +54,6 @@ from digitserve.schemas import (
     ServerReady,
     problem_responses,
 )
-from digitserve.settings import Settings
 
 WantedOutput = tuple[str, bool, int | None]
 """An output a request asks for: its name, whether binary, and any top-k count."""
@@ -71,14 +69,22 @@ router = APIRouter(prefix="/v2", tags=["v2"])
 EXTENSIONS = ["binary_tensor_data", "classification"]
 """Protocol extensions implemented, as Triton names them in its server metadata."""
 
-PLATFORM = "scikit-learn"
-"""The framework behind the model, for the metadata's `platform`."""
+
+def platform_of(classifier: Classifier) -> str:
+    """The framework behind a model, for the metadata's `platform` (as Triton names them)."""
+    return "onnxruntime_onnx" if classifier.path == "onnxruntime" else "scikit-learn"
+
 
 IMAGE, PIXELS = "image", "pixels"
 """The model's inputs; a request carries exactly one of them."""
 
 LABEL, SCORES = "label", "probabilities"
 """The model's outputs, in the order they are returned when none are named."""
+
+WARNINGS = "warnings"
+"""An output returned only when named: each image's preprocessing warnings."""
+
+OUTPUTS = (LABEL, SCORES, WARNINGS)
 
 PIXEL_DATATYPES = tuple(name for name in NUMERIC_DTYPES if name != "BOOL")
 """Features may come as any integer or float type; they are values 0..16 either way."""
@@ -162,8 +168,10 @@ async def live() -> ServerLive:
     summary="Server readiness",
     responses=_problems(503),
 )
-async def ready(classifier: ClassifierDep) -> ServerReady:
-    """Answer 200 once the model is loaded and warmed up; 503 before and during shutdown."""
+async def ready(request: Request, dataplane: DataPlaneDep) -> ServerReady:
+    """200 once every model the repository should serve is loaded and warmed up; else 503."""
+    if request.app.state.draining or not dataplane.ready():
+        raise ModelNotReady("not every model is loaded yet, or the server is shutting down")
     return ServerReady(ready=True)
 
 
@@ -175,8 +183,8 @@ async def ready(classifier: ClassifierDep) -> ServerReady:
 )
 async def model_metadata(request: Request, model_name: str) -> dict[str, Any]:
     """Describe the model's inputs and outputs."""
-    classifier = _served_model(request, model_name, None)
-    return describe_model(classifier, get_settings(request))
+    dataplane = get_dataplane(request)
+    return describe_model(dataplane.model(model_name), dataplane)
 
 
 @router.get(
@@ -189,8 +197,8 @@ async def model_version_metadata(
     request: Request, model_name: str, model_version: str
 ) -> dict[str, Any]:
     """Describe one version of the model (only the served version exists)."""
-    classifier = _served_model(request, model_name, model_version)
-    return describe_model(classifier, get_settings(request))
+    dataplane = get_dataplane(request)
+    return describe_model(dataplane.model(model_name, model_version), dataplane)
 
 
 @router.get(
@@ -201,7 +209,7 @@ async def model_version_metadata(
 )
 async def model_ready(request: Request, model_name: str) -> ModelReady:
     """200 when the model can serve; 503 (never 200 with false) when it cannot."""
-    return ModelReady(name=_served_model(request, model_name, None).name, ready=True)
+    return ModelReady(name=get_model(request, model_name).name, ready=True)
 
 
 @router.get(
@@ -212,7 +220,7 @@ async def model_ready(request: Request, model_name: str) -> ModelReady:
 )
 async def model_version_ready(request: Request, model_name: str, model_version: str) -> ModelReady:
     """200 when this version of the model can serve."""
-    return ModelReady(name=_served_model(request, model_name, model_version).name, ready=True)
+    return ModelReady(name=get_model(request, model_name, model_version).name, ready=True)
 
 
 @router.post(
@@ -224,7 +232,7 @@ async def model_version_ready(request: Request, model_name: str, model_version: 
 )
 async def infer(request: Request, model_name: str) -> Response:
     """Run the model on an `image` or `pixels` tensor."""
-    return await _infer(request, _served_model(request, model_name, None))
+    return await _infer(request, get_model(request, model_name))
 
 
 @router.post(
@@ -236,32 +244,20 @@ async def infer(request: Request, model_name: str) -> Response:
 )
 async def infer_version(request: Request, model_name: str, model_version: str) -> Response:
     """Run one version of the model (only the served version exists)."""
-    return await _infer(request, _served_model(request, model_name, model_version))
+    return await _infer(request, get_model(request, model_name, model_version))
 
 
-def _served_model(request: Request, model_name: str, model_version: str | None) -> Classifier:
-    """The model behind a URL: 404 for another name or version, 503 while it is not ready."""
-    served_name = get_settings(request).model_name
-    if model_name != served_name:
-        raise ModelNotFound(f"no model named {model_name!r}; this server hosts {served_name!r}")
-    classifier = get_classifier(request)
-    if model_version is not None and model_version != classifier.version:
-        raise ModelNotFound(
-            f"model {model_name!r} has no version {model_version!r}; it has {classifier.version!r}"
-        )
-    return classifier
-
-
-async def _infer(request: Request, classifier: Classifier) -> Response:
+async def _infer(request: Request, served: ServedModel) -> Response:
     """Read the body within the limits, run the CPU work (off the loop when big), and answer."""
-    settings = get_settings(request)
+    dataplane = get_dataplane(request)
+    settings = dataplane.settings
     body = await read_body(request, settings.max_body_bytes)
+    setattr(request.state, BODY_BYTES_KEY, len(body))
     encoding = request.headers.get("content-encoding")
     length = request.headers.get(IHCL)
     # What the model takes at most: that many images, or pixel rows of 64 features.
     max_elements = settings.max_images_per_request * N_FEATURES
 
-    limiter = request.app.state.preprocess_limiter
     call: DecodedRequest
     if encoding is None and len(body) <= INLINE_BYTES:
         # Parsed here (cheap at this size, and errors come back at once); read here too when
@@ -269,22 +265,22 @@ async def _infer(request: Request, classifier: Classifier) -> Response:
         call = parse_request(
             body, header_length(length, len(body)), raw_input=IMAGE, max_elements=max_elements
         )
-        if decodes_quickly(call):
-            wanted, features = prepare(call, settings)
-        else:
-            wanted, features = await offload.run_sync(prepare, call, settings, limiter=limiter)
+        wanted, rows = await dataplane.off_loop(
+            lambda: prepare(call, dataplane), quick=decodes_quickly(call)
+        )
     else:
 
-        def work() -> tuple[DecodedRequest, list[WantedOutput], NDArray[Any]]:
+        def work() -> tuple[DecodedRequest, list[WantedOutput], Rows]:
             plain = decompress(body, encoding, limit=settings.max_body_bytes)
             parsed = parse_request(
                 plain, header_length(length, len(plain)), raw_input=IMAGE, max_elements=max_elements
             )
-            return parsed, *prepare(parsed, settings)
+            return parsed, *prepare(parsed, dataplane)
 
-        call, wanted, features = await offload.run_sync(work, limiter=limiter)
-    predictions = await get_batcher(request).predict(features)
-    content, json_length = respond(call, wanted, predictions, classifier)
+        call, wanted, rows = await dataplane.off_loop(work, quick=False)
+    setattr(request.state, IMAGES_KEY, len(rows.features))
+    predictions = await dataplane.predict(served, rows.features)
+    content, json_length = respond(call, wanted, predictions, served, rows.warnings)
     headers = {"Vary": "Accept-Encoding"}
     if json_length is not None:
         headers[IHCL] = str(json_length)
@@ -316,26 +312,47 @@ def decodes_quickly(call: DecodedRequest) -> bool:
     return (declared_pixels(data) or 0) <= INLINE_PIXELS
 
 
-def prepare(call: DecodedRequest, settings: Settings) -> tuple[list[WantedOutput], NDArray[Any]]:
-    """The outputs a parsed request wants, and its (n, 64) feature rows for the model."""
-    return _requested_outputs(call), _features(call.inputs, settings)
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """A request's (n, 64) feature rows and, per row, what preprocessing warned of its image."""
+
+    features: NDArray[Any]
+    warnings: list[tuple[Diagnostic, ...]]
+
+
+def prepare(call: DecodedRequest, dataplane: DataPlane) -> tuple[list[WantedOutput], Rows]:
+    """The outputs a parsed request wants, and its feature rows for the model."""
+    return _requested_outputs(call), _features(call.inputs, dataplane)
 
 
 def respond(
     call: DecodedRequest,
     wanted: list[WantedOutput],
     predictions: list[Prediction],
-    classifier: Classifier,
+    served: ServedModel,
+    warnings: list[tuple[Diagnostic, ...]],
 ) -> tuple[bytes, int | None]:
-    """Encode the response body: the wanted outputs of the request's predictions."""
+    """Encode the response body: the wanted outputs of the request's predictions.
+
+    Images that preprocessing warned about are listed in the response's `warnings` parameter
+    (a JSON array of each row's warning codes), and in full in the `warnings` output when asked.
+    """
+    classifier = served.classifier
     tensors = [
-        (_output(name, predictions, classifier, count), binary) for name, binary, count in wanted
+        (_output(name, predictions, classifier, count, warnings), binary)
+        for name, binary, count in wanted
     ]
+    parameters: dict[str, str | int | float | bool] | None = (
+        {"warnings": orjson.dumps([[item.code for item in row] for row in warnings]).decode()}
+        if any(warnings)
+        else None
+    )
     return encode_response(
-        model_name=classifier.name,
-        model_version=classifier.version,
+        model_name=served.name,
+        model_version=served.version,
         request_id=call.id,
         outputs=tensors,
+        parameters=parameters,
     )
 
 
@@ -346,9 +363,10 @@ def _requested_outputs(call: DecodedRequest) -> list[WantedOutput]:
     wanted = []
     seen = set()
     for output in call.outputs:
-        if output.name not in (LABEL, SCORES):
+        if output.name not in OUTPUTS:
             raise InvalidInput(
-                f"unknown output {output.name!r}; this model gives {LABEL!r} and {SCORES!r}"
+                f"unknown output {output.name!r}; this model gives "
+                + ", ".join(repr(name) for name in OUTPUTS)
             )
         if output.name in seen:
             raise InvalidInput(f"output {output.name!r} is requested more than once")
@@ -364,8 +382,8 @@ def _requested_outputs(call: DecodedRequest) -> list[WantedOutput]:
     return wanted
 
 
-def _features(inputs: list[Tensor], settings: Settings) -> NDArray[Any]:
-    """The (n, 64) feature rows from the one input a request carries."""
+def _features(inputs: list[Tensor], dataplane: DataPlane) -> Rows:
+    """The feature rows from the one input a request carries."""
     unknown = [tensor.name for tensor in inputs if tensor.name not in (IMAGE, PIXELS)]
     if unknown:
         raise InvalidInput(
@@ -375,23 +393,11 @@ def _features(inputs: list[Tensor], settings: Settings) -> NDArray[Any]:
         raise InvalidInput(f"send one input, either {IMAGE!r} or {PIXELS!r}, not both")
     [tensor] = inputs
     if tensor.name == IMAGE:
-        return _image_features(tensor, settings)
-    return _pixel_features(tensor, settings)
+        return _image_features(tensor, dataplane)
+    return _pixel_features(tensor, dataplane)
 
 
-def _batch_size(tensor: Tensor, limit: int) -> int:
-    """Rows in the batch: at least one, at most the per-request limit."""
-    rows = tensor.data.shape[0]
-    if rows == 0:
-        raise InvalidInput(f"input {tensor.name!r} is empty: shape {list(tensor.data.shape)}")
-    if rows > limit:
-        raise TooManyImages(
-            f"input {tensor.name!r} holds {rows} rows; the limit is {limit}", limit=limit
-        )
-    return int(rows)
-
-
-def _image_features(tensor: Tensor, settings: Settings) -> NDArray[np.int64]:
+def _image_features(tensor: Tensor, dataplane: DataPlane) -> Rows:
     """Decode and preprocess each encoded image, naming the element in any error."""
     where = f"input {IMAGE!r}"
     if tensor.datatype != BYTES:
@@ -403,16 +409,14 @@ def _image_features(tensor: Tensor, settings: Settings) -> NDArray[np.int64]:
             f"{where}: shape must be [n], one encoded image per element, "
             f"got {list(tensor.data.shape)}"
         )
-    _batch_size(tensor, settings.max_images_per_request)
-    rows = []
-    for index, element in enumerate(tensor.data.tolist()):
-        try:
-            data = _image_bytes(element)
-            rows.append(image_to_features(data, max_pixels=settings.max_image_pixels))
-        except DigitserveError as exc:
-            message = f"{where} element {index}: {exc.detail}"
-            raise type(exc)(message, headers=exc.headers, **exc.extra) from exc
-    return np.stack(rows)
+    elements = tensor.data.tolist()
+    dataplane.check_count(len(elements), where)
+    items = each_item(
+        elements,
+        lambda element: dataplane.read_bytes(_image_bytes(element)),
+        noun=f"{where} element",
+    )
+    return Rows(np.stack([item.features for item in items]), [item.warnings for item in items])
 
 
 def _image_bytes(element: bytes | str) -> bytes:
@@ -425,35 +429,39 @@ def _image_bytes(element: bytes | str) -> bytes:
         raise InvalidInput("not valid base64 (in JSON, image elements are base64 strings)") from exc
 
 
-def _pixel_features(tensor: Tensor, settings: Settings) -> NDArray[Any]:
-    """Check ready-made features: [n, 64] or [n, 8, 8], values 0..16, any numeric type."""
+def _pixel_features(tensor: Tensor, dataplane: DataPlane) -> Rows:
+    """Check ready-made features: [n, 64] or [n, 8, 8] ink levels 0..16, any numeric type."""
     where = f"input {PIXELS!r}"
     if tensor.datatype not in PIXEL_DATATYPES:
         raise InvalidInput(
             f"{where}: datatype must be an integer or float type, got {tensor.datatype}"
         )
     shape = tensor.data.shape
-    if shape[1:] not in ((N_FEATURES,), (GRID, GRID)):
+    if len(shape) < 2 or shape[1:] not in ((N_FEATURES,), (GRID, GRID)):
         raise InvalidInput(
             f"{where}: shape must be [n, {N_FEATURES}] or [n, {GRID}, {GRID}], got {list(shape)}"
         )
-    rows = _batch_size(tensor, settings.max_images_per_request)
-    features = tensor.data.reshape(rows, N_FEATURES)
-    if features.dtype.kind == "f":
-        features = features.astype(np.float64)
-        if not np.isfinite(features).all():
-            raise InvalidInput(f"{where}: values must be finite numbers 0..{LEVELS}")
-    else:
-        features = features.astype(np.int64)
-    if features.min() < 0 or features.max() > LEVELS:
-        raise InvalidInput(f"{where}: values must lie in 0..{LEVELS}")
-    return features
+    dataplane.check_count(shape[0], where)
+    features = pixel_rows(tensor.data, where)
+    return Rows(features, [()] * len(features))
 
 
 def _output(
-    name: str, predictions: list[Prediction], classifier: Classifier, count: int | None
+    name: str,
+    predictions: list[Prediction],
+    classifier: Classifier,
+    count: int | None,
+    warnings: list[tuple[Diagnostic, ...]],
 ) -> Tensor:
     """One output tensor for the batch."""
+    if name == WARNINGS:
+        return bytes_tensor(
+            WARNINGS,
+            [
+                orjson.dumps([{"code": d.code, "message": d.message} for d in row])
+                for row in warnings
+            ],
+        )
     if name == LABEL:
         labels = [prediction.label for prediction in predictions]
         if _label_datatype(classifier) == BYTES:
@@ -474,13 +482,16 @@ def _label_datatype(classifier: Classifier) -> str:
     return "INT64" if integers else BYTES
 
 
-def describe_model(classifier: Classifier, settings: Settings) -> dict[str, Any]:
+def describe_model(served: ServedModel, dataplane: DataPlane) -> dict[str, Any]:
     """The protocol's model metadata, with parameters saying what each tensor means."""
+    classifier = served.classifier
+    settings = dataplane.settings
     n_classes = len(classifier.classes)
+    versions = sorted(dataplane.repository.ready_versions(served.name))
     return {
-        "name": classifier.name,
-        "versions": [classifier.version],
-        "platform": PLATFORM,
+        "name": served.name,
+        "versions": [str(version) for version in versions] or [served.version],
+        "platform": platform_of(classifier),
         "inputs": [
             {
                 "name": IMAGE,
@@ -529,8 +540,20 @@ def describe_model(classifier: Classifier, settings: Settings) -> dict[str, Any]
                     "BYTES 'score:index:label'",
                 },
             },
+            {
+                "name": WARNINGS,
+                "datatype": BYTES,
+                "shape": [-1],
+                "parameters": {
+                    "content": "only when asked for by name: per image, a JSON array of "
+                    "{code, message} saying what may have made it hard to read (as /v1's "
+                    "warnings; the response parameter 'warnings' lists the codes)",
+                },
+            },
         ],
         "parameters": {
+            "version": served.version,
+            "runtime": classifier.path,
             "scores": classifier.score_kind,
             "sha256": classifier.sha256,
             "max_images_per_request": settings.max_images_per_request,

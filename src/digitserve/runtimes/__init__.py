@@ -8,14 +8,12 @@ that knows nothing of HTTP or images.
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from digitserve.classifier import Classifier, ScoreKind, load_classifier
+from digitserve.classifier import Classifier, ScoreKind, load_classifier, read_card
 from digitserve.errors import ModelLoadError
 from digitserve.preprocessing import LEVELS, N_FEATURES
-from digitserve.repository import model_format
 
 
 def load_model(
@@ -25,17 +23,15 @@ def load_model(
     version: str | None = None,
     expected_sha256: str | None = None,
     trusted_types: Sequence[str] = (),
-    card: dict[str, Any] | None = None,
 ) -> Classifier:
     """Load one model file with the runtime its suffix names (compared case-insensitively)."""
-    if model_format(path) != "onnx":
+    if path.suffix.lower() != ".onnx":
         return load_classifier(
             path,
             name,
             expected_sha256=expected_sha256,
             trusted_types=trusted_types,
             version=version,
-            card=card,
         )
     from digitserve.runtimes.onnx import load_onnx, looks_like_probabilities
 
@@ -73,5 +69,5 @@ def load_model(
         score_kind=score_kind,
         answer=model.answer,
         path="onnxruntime",
-        card=dict(card or {}),
+        card=read_card(path, sha256),
     )

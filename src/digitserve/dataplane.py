@@ -1,0 +1,348 @@
+"""The data plane: the one place every front end goes through, whatever protocol it speaks.
+
+It finds a model by name and version, reads images (header limits, where the work runs, stage
+metrics, per-image warnings, naming the failing item of a batch), checks ready-made pixel features
+(one rule for every protocol), and predicts through each version's micro-batcher. It also loads,
+unloads and polls the model repository. /v1, /v2, the CLI and the page parse a request and encode
+an answer; nothing else. No HTTP here: errors are `DigitserveError`s that front ends encode.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import numpy as np
+from numpy.typing import NDArray
+
+from digitserve import offload
+from digitserve.batching import MicroBatcher
+from digitserve.classifier import Classifier, Prediction
+from digitserve.errors import (
+    DigitserveError,
+    InvalidInput,
+    ModelControlDisabled,
+    ModelLoadError,
+    TooManyImages,
+)
+from digitserve.metrics import Metrics
+from digitserve.preprocessing import (
+    GRID,
+    LEVELS,
+    N_FEATURES,
+    OpenedImage,
+    Preprocessed,
+    load_pixels,
+    open_image,
+    read_digit,
+)
+from digitserve.repository import ModelConfig, ModelRepository, VersionStatus
+from digitserve.settings import Settings
+
+logger = logging.getLogger("digitserve")
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class ControlMode(StrEnum):
+    """How the repository may change while serving, with Triton's meaning."""
+
+    NONE = "none"
+    """Everything found at start-up is served; load and unload are refused."""
+    EXPLICIT = "explicit"
+    """`POST /v2/repository/models/{name}/load` and `/unload` change what is served."""
+    POLL = "poll"
+    """The folder is watched; changes are loaded (and removed models unloaded) on their own."""
+
+
+def bundled_repository() -> Path:
+    """The repository shipped inside the package: the bundled `digits` model."""
+    return Path(str(files("digitserve") / "models"))
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """One loaded version of a model: its classifier and the batcher that makes its calls."""
+
+    name: str
+    version: str
+    classifier: Classifier
+    batcher: MicroBatcher
+    config: ModelConfig
+
+
+class DataPlane:
+    """Models by name and version, and the steps every prediction takes (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        admitted: Callable[[], int],
+        classifier: Classifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.admitted = admitted
+        self.control_mode = ControlMode(settings.model_control_mode)
+        self.default_name = settings.model_name
+        self.limiter = anyio.CapacityLimiter(settings.preprocess_threads)
+        if classifier is not None:
+            given = classifier
+            self.repository = ModelRepository[ServedModel](
+                None,
+                lambda name, version, path, config: self.serve(given, str(version), config),
+                files={settings.model_name: Path("(given)")},
+            )
+        elif settings.model_path is not None:
+            self.repository = ModelRepository(
+                None, self._load_file, files={settings.model_name: settings.model_path}
+            )
+        else:
+            root = settings.model_repository or bundled_repository()
+            self.repository = ModelRepository(root, self._load_file)
+
+    def start(self) -> list[VersionStatus]:
+        """Load everything the repository holds; refuse to start if nothing can serve."""
+        index = self.repository.load_all()
+        if not self.repository.any_ready():
+            reasons = (
+                "; ".join(f"{line.name}/{line.version or '-'}: {line.reason}" for line in index)
+                or f"no models in {self.repository.root}"
+            )
+            raise ModelLoadError(f"no model can serve: {reasons}")
+        names = self.repository.names()
+        if self.default_name not in names:
+            self.default_name = names[0]
+        for line in index:
+            logger.info(
+                "model %s version %s: %s %s", line.name, line.version, line.state, line.reason
+            )
+        return index
+
+    def serve(self, classifier: Classifier, version: str, config: ModelConfig) -> ServedModel:
+        """Wrap a loaded classifier with its own batcher."""
+        settings = self.settings
+        batcher = MicroBatcher(
+            classifier,
+            self.metrics,
+            max_rows=settings.batch_max_rows,
+            min_requests=settings.batch_min_requests,
+            wait_seconds=settings.batch_wait_ms / 1000,
+            admitted=lambda: self.admitted(),  # the server's count, handed in once it exists
+        )
+        self.metrics.describe_model(classifier.name, version, classifier.sha256)
+        return ServedModel(classifier.name, version, classifier, batcher, config)
+
+    def _load_file(self, name: str, version: int, path: Path, config: ModelConfig) -> ServedModel:
+        """The repository's loader: one file, checked, warmed up and wrapped."""
+        from digitserve.runtimes import load_model
+
+        settings = self.settings
+        single = settings.model_path is not None
+        pin = settings.model_sha256 if single else config.sha256.get(str(version))
+        classifier = load_model(
+            path,
+            name,
+            version=str(version),
+            expected_sha256=pin,
+            trusted_types=[*settings.model_trusted_types, *config.trusted_types],
+        )
+        card = dict(classifier.card)
+        if config.description:
+            card["description"] = config.description
+        if config.labels:
+            card["labels"] = config.labels
+        return self.serve(replace(classifier, card=card), str(version), config)
+
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        """The version that answers: 404 for an unknown name or version, 503 while not ready."""
+        return self.repository.get(name, version)[1]
+
+    def default_model(self) -> ServedModel:
+        """The model that unnamed front ends (the page, the CLI) use."""
+        return self.model(self.default_name)
+
+    def ready(self) -> bool:
+        """Whether every model the repository should serve is loaded and warmed up."""
+        return self.repository.all_ready()
+
+    async def load(self, name: str) -> list[VersionStatus]:
+        """Load (or reload) one model off the event loop; refused unless control is explicit."""
+        self._check_control("load")
+        return await anyio.to_thread.run_sync(self.repository.load, name)
+
+    async def unload(self, name: str) -> list[VersionStatus]:
+        """Stop serving one model; refused unless control is explicit."""
+        self._check_control("unload")
+        return self.repository.unload(name)
+
+    def _check_control(self, action: str) -> None:
+        if self.control_mode is not ControlMode.EXPLICIT:
+            raise ModelControlDisabled(
+                f"explicit model {action} is not allowed in model control mode "
+                f"{self.control_mode.value!r}; start the server with --model-control-mode explicit"
+            )
+
+    async def poll_forever(self, interval: float) -> None:
+        """The `poll` control mode: reload models whose folder changed, drop vanished ones."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                changed = await anyio.to_thread.run_sync(self.repository.changed)
+                for name in changed:
+                    if name in self.repository.names() and self._folder_exists(name):
+                        await anyio.to_thread.run_sync(self.repository.load, name)
+                    else:
+                        self.repository.forget(name)
+            except Exception:  # a bad folder must not stop the watch
+                logger.exception("polling the model repository failed")
+
+    def _folder_exists(self, name: str) -> bool:
+        root = self.repository.root
+        return root is None or (root / name).is_dir()
+
+    # Reading images and features.
+
+    def open(self, data: bytes) -> OpenedImage:
+        """An image's header read and checked against the limits, its size recorded."""
+        self.metrics.image_bytes.observe(len(data))
+        return open_image(data, max_pixels=self.settings.max_image_pixels)
+
+    def read(self, image: OpenedImage) -> Preprocessed:
+        """Decode and read an opened image, recording the decode and preprocess times."""
+        started = time.perf_counter()
+        pixels = load_pixels(image)
+        decoded = time.perf_counter()
+        item = read_digit(pixels)
+        self.metrics.decode_seconds.observe(decoded - started)
+        self.metrics.preprocess_seconds.observe(time.perf_counter() - decoded)
+        return item
+
+    def read_bytes(self, data: bytes) -> Preprocessed:
+        """Open, decode and read one encoded image."""
+        return self.read(self.open(data))
+
+    def check_count(self, count: int, what: str) -> None:
+        """At least one item and at most `max_images_per_request`."""
+        limit = self.settings.max_images_per_request
+        if count == 0:
+            raise InvalidInput(f"{what}: nothing to classify")
+        if count > limit:
+            raise TooManyImages(f"{what}: {count} items; the limit is {limit}", limit=limit)
+
+    async def off_loop(self, work: Callable[[], Result], *, quick: bool) -> Result:
+        """Run CPU work here when it is surely quick, else on a bounded worker thread.
+
+        The thread keeps its slot until it is done, even when the request runs out of time
+        (`offload.run_sync`), so no more than `preprocess_threads` threads ever do this work.
+        """
+        if quick:
+            return work()
+        return await offload.run_sync(work, limiter=self.limiter)
+
+    async def predict(self, served: ServedModel, rows: NDArray[Any]) -> list[Prediction]:
+        """Predict (n, 64) rows with one version, batched with other requests where that pays."""
+        return await served.batcher.predict(rows)
+
+
+def each_item(
+    items: Sequence[Item],
+    work: Callable[[Item], Result],
+    names: Sequence[str | None] | None = None,
+    *,
+    noun: str = "item",
+) -> list[Result]:
+    """Run `work` on every item, naming the failing one (its index, and file name) in the error."""
+    results = []
+    for index, item in enumerate(items):
+        try:
+            results.append(work(item))
+        except DigitserveError as exc:
+            name = names[index] if names is not None else None
+            where = f"{noun} {index}" + (f" ({name})" if name else "")
+            raise type(exc)(f"{where}: {exc.detail}", headers=exc.headers, **exc.extra) from exc
+    return results
+
+
+def pixel_rows(values: NDArray[Any], where: str) -> NDArray[Any]:
+    """Ready-made features, one rule for every protocol: [n, 64] or [n, 8, 8] ink levels 0..16.
+
+    Integers, or floats that hold integers (FP32 pixels from the Open Inference Protocol), are
+    read as they are. Fractions are refused: the model was trained on whole ink levels, and pixels
+    scaled to 0..1, as many pipelines normalise them, would give a confident wrong digit.
+    """
+    shape = values.shape
+    if (values.ndim == 1 and shape[0] == N_FEATURES) or (
+        values.ndim == 2 and shape == (GRID, GRID)
+    ):
+        values = values.reshape(1, N_FEATURES)
+    elif values.ndim not in (2, 3) or shape[1:] not in ((N_FEATURES,), (GRID, GRID)):
+        raise InvalidInput(
+            f"{where}: shape must be [n, {N_FEATURES}] or [n, {GRID}, {GRID}], got {list(shape)}"
+        )
+    rows = values.reshape(len(values), N_FEATURES)
+    if rows.dtype.kind == "b" or rows.dtype.kind not in "iuf":
+        raise InvalidInput(f"{where}: values must be numbers, ink levels 0..{LEVELS}")
+    if rows.dtype.kind == "f":
+        floats = rows.astype(np.float64)
+        if not np.isfinite(floats).all():
+            raise InvalidInput(f"{where}: values must be finite ink levels 0..{LEVELS}")
+        if not np.array_equal(floats, np.rint(floats)):
+            scaled = floats.size and floats.min() >= 0 and floats.max() <= 1
+            hint = (
+                f"; they look scaled to 0..1: multiply by {LEVELS} and round"
+                if scaled
+                else "; round them to whole levels"
+            )
+            raise InvalidInput(
+                f"{where}: values must be whole ink levels 0..{LEVELS} (0 = paper, "
+                f"{LEVELS} = solid ink), got fractions{hint}"
+            )
+        rows = floats
+    else:
+        rows = rows.astype(np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() > LEVELS):
+        raise InvalidInput(f"{where}: values must lie in 0..{LEVELS}")
+    return rows
+
+
+def pixel_list(values: object, where: str) -> NDArray[Any]:
+    """One JSON instance of ready-made features (64 numbers or 8 rows of 8), checked as rows are."""
+    if not isinstance(values, list):
+        raise InvalidInput(
+            f"{where} must be a list of {N_FEATURES} ink levels 0..{LEVELS} or an 8x8 list of "
+            'lists; an image goes in as {"b64": "<base64 of the JPEG or PNG>"}'
+        )
+    flat: list[object]
+    if len(values) == GRID and all(isinstance(row, list) for row in values):
+        if any(len(row) != GRID for row in values):
+            raise InvalidInput(f"{where}: an 8x8 grid needs {GRID} rows of {GRID} values")
+        flat = [value for row in values for value in row]
+    else:
+        flat = values
+    if len(flat) != N_FEATURES:
+        raise InvalidInput(f"{where} must hold {N_FEATURES} values, got {len(flat)}")
+    if not all(type(value) in (int, float) for value in flat):
+        raise InvalidInput(f"{where} must be numbers, ink levels 0..{LEVELS}")
+    if all(type(value) is int for value in flat):
+        array = np.array(flat, dtype=np.int64) if _small_ints(flat) else np.array(flat, object)
+    else:
+        array = np.array(flat, dtype=np.float64)
+    if array.dtype == object:
+        raise InvalidInput(f"{where}: values must lie in 0..{LEVELS}")
+    row: NDArray[Any] = pixel_rows(array.reshape(1, N_FEATURES), where)[0]
+    return row
+
+
+def _small_ints(values: list[Any]) -> bool:
+    """Whether every int fits in int64 (JSON allows any size)."""
+    return all(-(2**63) <= value < 2**63 for value in values)
