@@ -16,17 +16,18 @@ COPY src/ /build/src/
 RUN /opt/digitserve/bin/pip install --no-deps /build \
     && /opt/digitserve/bin/pip uninstall --yes pip setuptools
 
-# Runtime stage: the environment, the model, an unprivileged user; no compiler, no pip.
+# Runtime stage: the environment (with the bundled model), an unprivileged user; no pip.
 FROM python:3.11.7-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/digitserve/bin:$PATH \
     DIGITSERVE_HOST=0.0.0.0 \
-    DIGITSERVE_PORT=8000 \
-    DIGITSERVE_MODEL_PATH=/app/model/classifier.pickle
+    DIGITSERVE_PORT=8000
+# The bundled model ships inside the package. To serve your own, mount a model repository
+# (<name>/<version>/model.<ext>) and point at it: -v $PWD/models:/models:ro
+# -e DIGITSERVE_MODEL_REPOSITORY=/models
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin digitserve
 COPY --from=build /opt/digitserve /opt/digitserve
-COPY model/ /app/model/
 WORKDIR /app
 
 # Nothing is written outside /tmp (the Prometheus files of several workers go there): run with a

@@ -14,7 +14,7 @@ from digitserve.classifier import load_classifier
 from digitserve.preprocessing import render_digit
 from digitserve.training import split_digits
 
-MODEL_PATH = Path("model/classifier.pickle")
+MODEL_PATH = Path("src/digitserve/models/digits/1/model.pickle")
 
 
 @dataclass(frozen=True)

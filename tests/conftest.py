@@ -18,7 +18,7 @@ from digitserve.settings import Settings
 from digitserve.training import Split, split_digits
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_PATH = ROOT / "model" / "classifier.pickle"
+MODEL_PATH = ROOT / "src" / "digitserve" / "models" / "digits" / "1" / "model.pickle"
 DATA_DIR = ROOT / "data"
 
 Renderer = Callable[..., bytes]

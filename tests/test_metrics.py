@@ -95,7 +95,7 @@ def test_model_info_names_version_sha256_and_sklearn(
     parsed = samples(client.get("/metrics").text)
     labels = {
         "name": "digits",
-        "version": "1.0.0",
+        "version": "1",
         "sha256": classifier.sha256,
         "sklearn_version": sklearn.__version__,
     }

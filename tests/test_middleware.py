@@ -216,7 +216,7 @@ def test_one_access_line_per_request_with_its_id(
         "path": "/v1/models/digits:predict",
         "route": "/v1/models/{model_name}:predict",
         "status": 200,
-        "model_version": "1.0.0",
+        "model_version": "1",
     }
     assert good["body_bytes"] == len(SEVEN)
     assert good["images"] == 1

@@ -64,7 +64,7 @@ def test_health_and_readiness(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live()
     assert client.is_server_ready()
     assert client.is_model_ready("digits")
-    assert client.is_model_ready("digits", "1.0.0")
+    assert client.is_model_ready("digits", "1")
     assert not client.is_model_ready("other")
     assert not client.is_model_ready("digits", "2")
 
@@ -77,8 +77,8 @@ def test_server_metadata(client: triton.InferenceServerClient) -> None:
 
 def test_model_metadata(client: triton.InferenceServerClient) -> None:
     metadata = client.get_model_metadata("digits")
-    assert client.get_model_metadata("digits", "1.0.0") == metadata
-    assert metadata["versions"] == ["1.0.0"]
+    assert client.get_model_metadata("digits", "1") == metadata
+    assert metadata["versions"] == ["1"]
     assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["inputs"]] == [
         ("image", "BYTES", [-1]),
         ("pixels", "INT64", [-1, 64]),
@@ -133,9 +133,9 @@ def test_each_example_image_alone_through_a_version(
     client: triton.InferenceServerClient, examples: list[tuple[bytes, int]]
 ) -> None:
     for image, label in examples:
-        result = client.infer("digits", [image_input([image])], model_version="1.0.0")
+        result = client.infer("digits", [image_input([image])], model_version="1")
         assert result.as_numpy("label").tolist() == [label]
-        assert result.get_response()["model_version"] == "1.0.0"
+        assert result.get_response()["model_version"] == "1"
 
 
 @pytest.mark.parametrize(("datatype", "grid"), [("INT64", False), ("UINT8", True), ("FP32", True)])

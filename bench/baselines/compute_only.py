@@ -15,7 +15,7 @@ from digitserve.classifier import load_classifier
 from digitserve.preprocessing import preprocess_image
 
 CLASSIFIER = load_classifier(
-    Path(os.environ.get("DIGITSERVE_MODEL_PATH", "model/classifier.pickle"))
+    Path(os.environ.get("DIGITSERVE_MODEL_PATH", "src/digitserve/models/digits/1/model.pickle"))
 )
 MAX_PIXELS = 40_000_000
 

@@ -380,7 +380,7 @@ def _unpickle(path: Path, data: bytes, model_format: ModelFormat) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("error", InconsistentVersionWarning)
             if model_format == "joblib":
-                import joblib  # type: ignore[import-untyped]  # untyped upstream
+                import joblib
 
                 return joblib.load(io.BytesIO(data))
             return pickle.loads(data)  # noqa: S301 - the operator's own, trusted file

@@ -99,7 +99,9 @@ class DataPlane:
             given = classifier
             self.repository = ModelRepository[ServedModel](
                 None,
-                lambda name, version, path, config: self.serve(given, str(version), config),
+                lambda name, version, path, config: self.serve(
+                    replace(given, name=name, version=str(version)), str(version), config
+                ),
                 files={settings.model_name: Path("(given)")},
             )
         elif settings.model_path is not None:
@@ -231,13 +233,13 @@ class DataPlane:
         """Open, decode and read one encoded image."""
         return self.read(self.open(data))
 
-    def check_count(self, count: int, what: str) -> None:
-        """At least one item and at most `max_images_per_request`."""
+    def check_count(self, shape: tuple[int, ...], what: str) -> None:
+        """A batch of at least one row and at most `max_images_per_request`."""
         limit = self.settings.max_images_per_request
-        if count == 0:
-            raise InvalidInput(f"{what}: nothing to classify")
-        if count > limit:
-            raise TooManyImages(f"{what}: {count} items; the limit is {limit}", limit=limit)
+        if not shape or shape[0] == 0:
+            raise InvalidInput(f"{what} is empty: shape {list(shape)}")
+        if shape[0] > limit:
+            raise TooManyImages(f"{what} holds {shape[0]} rows; the limit is {limit}", limit=limit)
 
     async def off_loop(self, work: Callable[[], Result], *, quick: bool) -> Result:
         """Run CPU work here when it is surely quick, else on a bounded worker thread.
@@ -276,42 +278,38 @@ def each_item(
 def pixel_rows(values: NDArray[Any], where: str) -> NDArray[Any]:
     """Ready-made features, one rule for every protocol: [n, 64] or [n, 8, 8] ink levels 0..16.
 
-    Integers, or floats that hold integers (FP32 pixels from the Open Inference Protocol), are
-    read as they are. Fractions are refused: the model was trained on whole ink levels, and pixels
-    scaled to 0..1, as many pipelines normalise them, would give a confident wrong digit.
+    Integers and floats are both read (the Open Inference Protocol sends FP32 too). Fractions
+    that never exceed 1 are refused: those are pixels scaled to 0..1, as many pipelines normalise
+    them, which the model would read as nearly blank paper and answer with a confident wrong
+    digit. Whole numbers 0..1 (a binary grid) are ink levels like any other.
     """
     shape = values.shape
-    if (values.ndim == 1 and shape[0] == N_FEATURES) or (
-        values.ndim == 2 and shape == (GRID, GRID)
-    ):
+    if values.ndim == 1 and shape[0] == N_FEATURES:
+        values = values.reshape(1, N_FEATURES)
+    elif values.ndim == 2 and shape == (GRID, GRID):
         values = values.reshape(1, N_FEATURES)
     elif values.ndim not in (2, 3) or shape[1:] not in ((N_FEATURES,), (GRID, GRID)):
         raise InvalidInput(
             f"{where}: shape must be [n, {N_FEATURES}] or [n, {GRID}, {GRID}], got {list(shape)}"
         )
     rows = values.reshape(len(values), N_FEATURES)
-    if rows.dtype.kind == "b" or rows.dtype.kind not in "iuf":
+    if rows.dtype.kind not in "iuf":
         raise InvalidInput(f"{where}: values must be numbers, ink levels 0..{LEVELS}")
     if rows.dtype.kind == "f":
         floats = rows.astype(np.float64)
         if not np.isfinite(floats).all():
-            raise InvalidInput(f"{where}: values must be finite ink levels 0..{LEVELS}")
-        if not np.array_equal(floats, np.rint(floats)):
-            scaled = floats.size and floats.min() >= 0 and floats.max() <= 1
-            hint = (
-                f"; they look scaled to 0..1: multiply by {LEVELS} and round"
-                if scaled
-                else "; round them to whole levels"
-            )
-            raise InvalidInput(
-                f"{where}: values must be whole ink levels 0..{LEVELS} (0 = paper, "
-                f"{LEVELS} = solid ink), got fractions{hint}"
-            )
+            raise InvalidInput(f"{where}: values must be finite numbers 0..{LEVELS}")
         rows = floats
     else:
         rows = rows.astype(np.int64)
     if rows.size and (rows.min() < 0 or rows.max() > LEVELS):
         raise InvalidInput(f"{where}: values must lie in 0..{LEVELS}")
+    if rows.dtype.kind == "f" and rows.size and rows.max() <= 1 and (rows != np.rint(rows)).any():
+        raise InvalidInput(
+            f"{where}: values look scaled to 0..1, but the model reads ink levels 0..{LEVELS} "
+            f"(0 = paper, {LEVELS} = solid ink, each the inked share of a 4x4 block times "
+            f"{LEVELS}): multiply by {LEVELS} and round"
+        )
     return rows
 
 
@@ -333,16 +331,9 @@ def pixel_list(values: object, where: str) -> NDArray[Any]:
         raise InvalidInput(f"{where} must hold {N_FEATURES} values, got {len(flat)}")
     if not all(type(value) in (int, float) for value in flat):
         raise InvalidInput(f"{where} must be numbers, ink levels 0..{LEVELS}")
-    if all(type(value) is int for value in flat):
-        array = np.array(flat, dtype=np.int64) if _small_ints(flat) else np.array(flat, object)
-    else:
-        array = np.array(flat, dtype=np.float64)
-    if array.dtype == object:
+    if not all(-(2**62) < value < 2**62 for value in flat):  # type: ignore[operator]
         raise InvalidInput(f"{where}: values must lie in 0..{LEVELS}")
+    kind = np.int64 if all(type(value) is int for value in flat) else np.float64
+    array = np.array(flat, dtype=kind)
     row: NDArray[Any] = pixel_rows(array.reshape(1, N_FEATURES), where)[0]
     return row
-
-
-def _small_ints(values: list[Any]) -> bool:
-    """Whether every int fits in int64 (JSON allows any size)."""
-    return all(-(2**63) <= value < 2**63 for value in values)

@@ -372,7 +372,10 @@ def _unloaded(model: "_Model[Any]") -> bool:
 
 def _stamp(path: Path) -> tuple[str, int, int]:
     """What tells a replaced model file from the one loaded: its path, size and mtime."""
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except OSError:  # gone since it was listed, or a model handed in rather than read from disk
+        return str(path), -1, -1
     return str(path), stat.st_size, stat.st_mtime_ns
 
 

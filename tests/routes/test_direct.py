@@ -65,7 +65,7 @@ def requests_to_compare(seven: NDArray[np.int64], render: Renderer) -> list[dict
         {"method": "POST", "url": PREDICT, "content": b"not a jpeg", "headers": jpeg},
         {"method": "POST", "url": PREDICT, "json": {"instances": [seven.tolist()]}},
         {"method": "POST", "url": "/v2/models/digits/infer", "content": pixels},
-        {"method": "POST", "url": "/v2/models/digits/versions/1.0.0/infer", "content": pixels},
+        {"method": "POST", "url": "/v2/models/digits/versions/1/infer", "content": pixels},
         {"method": "POST", "url": "/v2/models/digits/versions/9/infer", "content": pixels},
     ]
 

@@ -16,7 +16,7 @@ def test_live(client: TestClient) -> None:
 def test_ready_after_load_and_warm_up(client: TestClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "model": {"name": "digits", "version": "1.0.0"}}
+    assert response.json() == {"status": "ready", "model": {"name": "digits", "version": "1"}}
 
 
 def test_not_ready_before_the_lifespan_loads_the_model(settings: Settings) -> None:

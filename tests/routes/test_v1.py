@@ -21,7 +21,7 @@ from digitserve.routes.v1 import decodes_quickly
 from digitserve.schemas import ModelMetadata, PredictResponse, Problem
 from digitserve.settings import Settings
 from digitserve.training import Split
-from tests.conftest import MODEL_PATH, Renderer, encode
+from tests.conftest import DATA_DIR, MODEL_PATH, Renderer, encode
 
 PREDICT = "/v1/models/digits:predict"
 
@@ -47,7 +47,7 @@ def test_jpeg_body(client: TestClient, seven: NDArray[np.int64], render: Rendere
     body = PredictResponse.model_validate(response.json())
     assert body.model.model_dump() == {
         "name": "digits",
-        "version": "1.0.0",
+        "version": "1",
         "scores": "probabilities",
     }
     [prediction] = body.predictions
@@ -103,7 +103,7 @@ def test_json_instances_of_every_kind(
 
 
 def test_data_examples_are_read_correctly(client: TestClient) -> None:
-    files = sorted(Path(MODEL_PATH.parent.parent, "data").glob("*.jpg"))
+    files = sorted(DATA_DIR.glob("*.jpg"))
     assert len(files) >= 20
     response = client.post(
         PREDICT, files=[("image", (f.name, f.read_bytes(), "image/jpeg")) for f in files]
@@ -132,7 +132,8 @@ def test_model_without_probabilities_says_so(
     assert "probabilities" not in prediction
     assert len(prediction["decision_scores"]) == 10
     assert card["scores"] == "decision_scores"
-    assert card["version"] == card["sha256"][:12]
+    assert card["version"] == "1"  # a single model file is version 1 of its name
+    assert "release" not in card  # and it has no card of its own with a release string
 
 
 def test_model_card(client: TestClient) -> None:
@@ -156,16 +157,34 @@ def test_model_card(client: TestClient) -> None:
         "application/json",
     }
     assert card["endpoints"]["predict"] == "POST /v1/models/digits:predict"
+    assert card["endpoints"]["predict_this_version"] == "POST /v1/models/digits/versions/1:predict"
+    assert card["version"] == "1"
+    assert card["release"] == "1.0.0"  # the card's own release string stands beside it
+    assert card["runtime"] == "kernel-table"
     assert card["warnings"] == WARNING_CODES
     assert "warnings" in card["output"]
     assert response.json()["training"]["test_accuracy"] >= 0.98
-    assert client.get("/v1/models").json() == {"models": [response.json()]}
+    assert client.get("/v1/models").json() == {
+        "models": [
+            {
+                "name": "digits",
+                "default_version": "1",
+                "versions": [{"version": "1", "state": "READY", "reason": ""}],
+                "card": response.json(),
+            }
+        ]
+    }
+    assert client.get("/v1/models/digits/versions/1").json() == response.json()
 
 
 def test_index_and_error_catalogue(client: TestClient) -> None:
     index = client.get("/v1").json()
     assert index["links"]["predict"] == PREDICT
+    assert index["models"] == [{"name": "digits", "default_version": "1"}]
     for name, link in index["links"].items():
+        if link.startswith("POST "):
+            assert client.post(link.removeprefix("POST ")).status_code == 200, link
+            continue
         assert client.get(link).status_code == (405 if name == "predict" else 200), link
     page = client.get("/")
     assert page.headers["content-type"] == "text/html; charset=utf-8"
@@ -419,7 +438,7 @@ def test_large_images_are_preprocessed_under_the_thread_bound(
 ) -> None:
     bounded = settings.model_copy(update={"preprocess_threads": 1})
     with TestClient(create_app(bounded, classifier)) as client:
-        limiter = client.app.state.preprocess_limiter  # type: ignore[attr-defined]
+        limiter = client.app.state.dataplane.limiter  # type: ignore[attr-defined]
         assert limiter.total_tokens == 1
         response = client.post(
             PREDICT, content=render(seven, 300, "PNG"), headers={"content-type": "image/png"}

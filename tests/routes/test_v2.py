@@ -118,7 +118,7 @@ def test_live_and_ready(client: TestClient) -> None:
 
 
 def test_model_ready_unversioned_and_versioned(client: TestClient) -> None:
-    for path in ("/v2/models/digits/ready", "/v2/models/digits/versions/1.0.0/ready"):
+    for path in ("/v2/models/digits/ready", "/v2/models/digits/versions/1/ready"):
         response = client.get(path)
         assert (response.status_code, response.json()) == (200, {"name": "digits", "ready": True})
         ModelReady.model_validate(response.json())
@@ -130,8 +130,8 @@ def test_not_ready_is_503_never_200_false(settings: Settings) -> None:
     for path in ("/v2/health/ready", "/v2/models/digits/ready", "/v2/models/digits"):
         assert_problem(client.get(path), 503, "model_not_ready")
     assert_problem(client.post(INFER, content=b"{}"), 503, "model_not_ready")
-    # The name is known from the settings, so an unknown model is still a 404.
-    assert_problem(client.get("/v2/models/other/ready"), 404, "model_not_found")
+    # Before the repository is read no name is known: any model is not ready yet.
+    assert_problem(client.get("/v2/models/other/ready"), 503, "model_not_ready")
 
 
 def test_model_metadata(client: TestClient) -> None:
@@ -139,9 +139,9 @@ def test_model_metadata(client: TestClient) -> None:
     assert response.status_code == 200
     body = response.json()
     ModelMetadataV2.model_validate(body)
-    assert client.get("/v2/models/digits/versions/1.0.0").json() == body
+    assert client.get("/v2/models/digits/versions/1").json() == body
     assert body["name"] == "digits"
-    assert body["versions"] == ["1.0.0"]
+    assert body["versions"] == ["1"]
     assert body["platform"] == "scikit-learn"
     inputs = {tensor["name"]: tensor for tensor in body["inputs"]}
     outputs = {tensor["name"]: tensor for tensor in body["outputs"]}
@@ -152,6 +152,7 @@ def test_model_metadata(client: TestClient) -> None:
     assert [(t["name"], t["datatype"], t["shape"]) for t in body["outputs"]] == [
         ("label", "INT64", [-1]),
         ("probabilities", "FP32", [-1, 10]),
+        ("warnings", "BYTES", [-1]),
     ]
     assert inputs["image"]["parameters"]["json_encoding"] == "base64"
     assert inputs["image"]["parameters"]["max_image_pixels"] == 40_000_000
@@ -176,8 +177,9 @@ def test_model_metadata(client: TestClient) -> None:
     ],
 )
 def test_unknown_model_or_version_is_404(client: TestClient, path: str) -> None:
-    body = assert_problem(client.get(path), 404, "model_not_found")
-    assert "'digits'" in body["error"] or "'1.0.0'" in body["error"]
+    code = "version_not_found" if "/versions/" in path else "model_not_found"
+    body = assert_problem(client.get(path), 404, code)
+    assert "'digits'" in body["error"] or "'1'" in body["error"]
 
 
 def test_unknown_model_or_version_on_infer_is_404(
@@ -189,9 +191,11 @@ def test_unknown_model_or_version_on_infer_is_404(
     )
     assert body["error"] == "no model named 'other'; this server hosts 'digits'"
     body = assert_problem(
-        client.post("/v2/models/digits/versions/9/infer", content=document), 404, "model_not_found"
+        client.post("/v2/models/digits/versions/9/infer", content=document),
+        404,
+        "version_not_found",
     )
-    assert body["error"] == "model 'digits' has no version '9'; it has '1.0.0'"
+    assert body["error"] == "model 'digits' has no version '9'; its versions: 1"
 
 
 def test_wrong_method_is_405(client: TestClient) -> None:
@@ -208,7 +212,7 @@ def test_json_pixels_flat_and_grid(
     for tensor in (pixels_input(rows), pixels_input(rows.reshape(5, 8, 8))):
         body = json_infer(client, {"inputs": [tensor]})
         assert body["model_name"] == "digits"
-        assert body["model_version"] == "1.0.0"
+        assert body["model_version"] == "1"
         assert "id" not in body
         assert [output["name"] for output in body["outputs"]] == ["label", "probabilities"]
         label, scores = body["outputs"]
@@ -238,6 +242,18 @@ def test_fractional_float_pixels_are_used_as_they_are(
     np.testing.assert_allclose(outputs_by_name(body)["probabilities"]["data"], expected, rtol=1e-6)
 
 
+def test_pixels_scaled_to_0_1_are_refused_with_the_contract(
+    client: TestClient, seven: NDArray[np.int64]
+) -> None:
+    rows = seven.reshape(1, 64) / 16
+    response = client.post(INFER, content=orjson.dumps({"inputs": [pixels_input(rows, "FP32")]}))
+    body = assert_problem(response, 400, "invalid_input")
+    assert "scaled to 0..1" in body["detail"]
+    assert "multiply by 16" in body["detail"]
+    binary = (seven.reshape(1, 64) > 8).astype(np.float32)  # whole numbers 0..1: a binary grid
+    assert json_infer(client, {"inputs": [pixels_input(binary, "FP32")]})["outputs"]
+
+
 def test_json_image_base64_and_id_echo(
     client: TestClient, seven: NDArray[np.int64], render: Renderer
 ) -> None:
@@ -256,7 +272,7 @@ def test_json_image_base64_and_id_echo(
     body = json_infer(client, document)
     assert body == {
         "model_name": "digits",
-        "model_version": "1.0.0",
+        "model_version": "1",
         "id": "req-1",
         "outputs": [{"name": "label", "datatype": "INT64", "shape": [2], "data": [7, 7]}],
     }
@@ -597,7 +613,7 @@ def pixels_doc(
         ),
         (
             pixels_doc(outputs=[{"name": "scores"}]),
-            "unknown output 'scores'; this model gives 'label' and 'probabilities'",
+            "unknown output 'scores'; this model gives 'label', 'probabilities', 'warnings'",
         ),
         (
             pixels_doc(outputs=[{"name": "label"}, {"name": "label"}]),

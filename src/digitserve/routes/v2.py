@@ -410,7 +410,7 @@ def _image_features(tensor: Tensor, dataplane: DataPlane) -> Rows:
             f"got {list(tensor.data.shape)}"
         )
     elements = tensor.data.tolist()
-    dataplane.check_count(len(elements), where)
+    dataplane.check_count(tensor.data.shape, where)
     items = each_item(
         elements,
         lambda element: dataplane.read_bytes(_image_bytes(element)),
@@ -441,7 +441,7 @@ def _pixel_features(tensor: Tensor, dataplane: DataPlane) -> Rows:
         raise InvalidInput(
             f"{where}: shape must be [n, {N_FEATURES}] or [n, {GRID}, {GRID}], got {list(shape)}"
         )
-    dataplane.check_count(shape[0], where)
+    dataplane.check_count(shape, where)
     features = pixel_rows(tensor.data, where)
     return Rows(features, [()] * len(features))
 
