@@ -88,9 +88,9 @@ class Settings(BaseSettings):
 
     @field_validator("model_path")
     @classmethod
-    def _model_file_exists(cls, path: Path) -> Path:
+    def _model_file_exists(cls, path: Path | None) -> Path | None:
         """Fail at start-up, before the port opens, when the model file is not there."""
-        if not path.is_file():
+        if path is not None and not path.is_file():
             raise ValueError(f"model file not found: {path}")
         return path
 
