@@ -12,7 +12,9 @@ from numpy.typing import NDArray
 
 from digitserve.app import create_app
 from digitserve.classifier import Classifier, load_classifier
+from digitserve.dataplane import DataPlane
 from digitserve.evalset import write_evalset
+from digitserve.metrics import Metrics
 from digitserve.preprocessing import render_digit
 from digitserve.settings import Settings
 from digitserve.training import Split, split_digits
@@ -28,6 +30,16 @@ Renderer = Callable[..., bytes]
 def classifier() -> Classifier:
     """The bundled model, loaded once for the whole run."""
     return load_classifier(MODEL_PATH)
+
+
+@pytest.fixture(scope="session")
+def dataplane(classifier: Classifier) -> DataPlane:
+    """A data plane serving the session's model, as the CLI builds one."""
+    plane = DataPlane(
+        Settings(model_path=MODEL_PATH), Metrics(), admitted=lambda: 1, classifier=classifier
+    )
+    plane.start()
+    return plane
 
 
 @pytest.fixture(scope="session")

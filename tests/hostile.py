@@ -337,7 +337,7 @@ def corpus() -> tuple[Hostile, ...]:
         Hostile("JSON: instances is a number", _json({"instances": 5}), JSON, 400, BAD_INPUT),
         Hostile("JSON: b64 is a number", _json({"instances": [{"b64": 5}]}), JSON, 400, BAD_INPUT),
         Hostile(
-            "JSON: floats for pixels", _json({"instances": [[1.5] * 64]}), JSON, 400, BAD_INPUT
+            "JSON: pixels scaled to 0..1", _json({"instances": [[0.5] * 64]}), JSON, 400, BAD_INPUT
         ),
         Hostile(
             "JSON: booleans for pixels", _json({"instances": [[True] * 64]}), JSON, 400, BAD_INPUT

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitserve.classifier import Classifier
 from digitserve.cli import main
+from digitserve.dataplane import DataPlane
 from digitserve.evalset import FRAMED_GROUPS, GROUPS
 from digitserve.evaluation import (
     Outcome,
@@ -153,10 +153,12 @@ def test_a_manifest_needs_file_and_label_columns(tmp_path: Path) -> None:
     assert sample == Sample(tmp_path / "a.png", "a.png", 3, tmp_path.name)
 
 
-def test_refused_images_are_counted_not_crashed(tmp_path: Path, classifier: Classifier) -> None:
+def test_refused_images_are_counted_not_crashed(tmp_path: Path, dataplane: DataPlane) -> None:
     shutil.copy(DATA_DIR / "4_64px.jpg", tmp_path / "4_good.jpg")
     (tmp_path / "5_blank.png").write_bytes(encode(Image.new("L", (64, 64), 255), "PNG"))
-    outcomes = evaluate(read_samples(tmp_path), local_reader(classifier, "digitserve", 10**7))
+    outcomes = evaluate(
+        read_samples(tmp_path), local_reader(dataplane, dataplane.default_model(), "digitserve")
+    )
     summary = summarise(outcomes, worst_count=5)
     assert summary.accuracy == 0.5
     assert summary.confusion[5, 10] == 1

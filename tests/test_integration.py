@@ -19,6 +19,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from digitserve.classifier import Classifier
+from digitserve.dataplane import DataPlane
 from digitserve.evaluation import evaluate, local_reader, read_samples, summarise
 from digitserve.training import Split
 from tests.conftest import DATA_DIR, Renderer
@@ -192,7 +193,7 @@ def test_two_workers_share_the_model_are_replaced_and_stop_cleanly() -> None:
 
 
 def test_evaluate_through_the_running_service_matches_the_local_run(
-    live: LiveServer, small_evalset: Path, classifier: Classifier
+    live: LiveServer, small_evalset: Path, dataplane: DataPlane
 ) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "digitserve", "evaluate", str(small_evalset), "--url", live.url],
@@ -205,7 +206,10 @@ def test_evaluate_through_the_running_service_matches_the_local_run(
     first = result.stdout.splitlines()[0]
     assert first.endswith(f"on {small_evalset} via {live.url}")
     local = summarise(
-        evaluate(read_samples(small_evalset), local_reader(classifier, "digitserve", 40_000_000))
+        evaluate(
+            read_samples(small_evalset),
+            local_reader(dataplane, dataplane.default_model(), "digitserve"),
+        )
     )
     assert first.startswith(
         f"accuracy {local.accuracy:.4f} ({local.correct}/{len(local.outcomes)})"

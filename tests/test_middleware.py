@@ -211,7 +211,9 @@ def test_one_access_line_per_request_with_its_id(
     assert good["request_id"] == "abc-123"
     assert good["level"] == "info"
     assert good["message"].startswith("POST /v1/models/digits:predict 200 ")
-    assert {key: good[key] for key in ("method", "path", "route", "status", "model_version")} == {
+    keys = ("method", "path", "route", "status", "model", "model_version")
+    assert {key: good[key] for key in keys} == {
+        "model": "digits",
         "method": "POST",
         "path": "/v1/models/digits:predict",
         "route": "/v1/models/{model_name}:predict",

@@ -123,7 +123,9 @@ def test_settings_choose_versions_default_and_pins(root: Path) -> None:
     assert index["digits", "2"].state is State.UNAVAILABLE
     assert "version policy" in index["digits", "2"].reason
     assert repository.get("digits") == (1, "digits/1:one")
-    (root / "digits" / "model-settings.json").write_text(json.dumps({"version_policy": {"latest": 1}}))
+    (root / "digits" / "model-settings.json").write_text(
+        json.dumps({"version_policy": {"latest": 1}})
+    )
     repository.load("digits")
     assert repository.get("digits") == (3, "digits/3:three")
     assert repository.all_ready()
@@ -148,7 +150,9 @@ def test_bad_settings_are_refused_with_the_reason(document: object, message: str
 
 
 def test_triton_style_policies_are_read() -> None:
-    assert parse_config({"version_policy": {"latest": {"num_versions": 2}}}).version_policy.count == 2
+    assert (
+        parse_config({"version_policy": {"latest": {"num_versions": 2}}}).version_policy.count == 2
+    )
     policy = parse_config({"version_policy": {"specific": {"versions": [4]}}}).version_policy
     assert policy.select([1, 4, 5]) == [4]
 

@@ -11,6 +11,8 @@ from gunicorn.app.base import BaseApplication
 
 from digitserve import server
 from digitserve.classifier import Classifier
+from digitserve.dataplane import DataPlane
+from digitserve.metrics import Metrics
 from digitserve.middleware import ADMITTED_KEY
 from digitserve.settings import Settings
 from tests.conftest import MODEL_PATH
@@ -36,7 +38,10 @@ def captured_options(
         ),
     )
     try:
-        server.serve(Settings(model_path=MODEL_PATH, **overrides), classifier)
+        settings = Settings(model_path=MODEL_PATH, **overrides)
+        dataplane = DataPlane(settings, Metrics(), admitted=lambda: 1, classifier=classifier)
+        dataplane.start()
+        server.serve(settings, dataplane)
     finally:
         gc.unfreeze()
     [options] = calls

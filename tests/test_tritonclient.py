@@ -86,6 +86,7 @@ def test_model_metadata(client: triton.InferenceServerClient) -> None:
     assert [(t["name"], t["datatype"], t["shape"]) for t in metadata["outputs"]] == [
         ("label", "INT64", [-1]),
         ("probabilities", "FP32", [-1, 10]),
+        ("warnings", "BYTES", [-1]),
     ]
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_metadata("other")

@@ -101,6 +101,7 @@ def create_app(
             )
             await anyio.to_thread.run_sync(plane.start)
         app.state.dataplane = plane
+        plane.log_index(plane.repository.index())
         app.state.draining = False
         restore_sigterm = (
             drain_on_sigterm(_start_draining(app), settings.shutdown_delay_seconds)

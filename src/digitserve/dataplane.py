@@ -42,7 +42,7 @@ from digitserve.preprocessing import (
     open_image,
     read_digit,
 )
-from digitserve.repository import ModelConfig, ModelRepository, VersionStatus
+from digitserve.repository import ModelConfig, ModelRepository, State, VersionStatus
 from digitserve.settings import Settings
 
 logger = logging.getLogger("digitserve")
@@ -113,22 +113,33 @@ class DataPlane:
             self.repository = ModelRepository(root, self._load_file)
 
     def start(self) -> list[VersionStatus]:
-        """Load everything the repository holds; refuse to start if nothing can serve."""
+        """Load everything the repository holds; refuse to start if nothing can serve.
+
+        A model that fails while others load is UNAVAILABLE, with its reason in the index.
+        """
         index = self.repository.load_all()
         if not self.repository.any_ready():
-            reasons = (
-                "; ".join(f"{line.name}/{line.version or '-'}: {line.reason}" for line in index)
-                or f"no models in {self.repository.root}"
+            failed = [line for line in index if line.reason]
+            if len(failed) == 1:
+                raise ModelLoadError(failed[0].reason)
+            reasons = "; ".join(
+                f"{line.name}/{line.version or '-'}: {line.reason}" for line in failed
             )
-            raise ModelLoadError(f"no model can serve: {reasons}")
+            raise ModelLoadError(f"no model can serve: {reasons or 'the repository is empty'}")
         names = self.repository.names()
         if self.default_name not in names:
             self.default_name = names[0]
-        for line in index:
-            logger.info(
-                "model %s version %s: %s %s", line.name, line.version, line.state, line.reason
-            )
         return index
+
+    def log_index(self, lines: Sequence[VersionStatus]) -> None:
+        """One log line per version: what serves, and why what does not."""
+        for line in lines:
+            if line.state is State.READY:
+                logger.info("model %s version %s: READY", line.name, line.version)
+            else:
+                logger.warning(
+                    "model %s version %s: %s (%s)", line.name, line.version, line.state, line.reason
+                )
 
     def serve(self, classifier: Classifier, version: str, config: ModelConfig) -> ServedModel:
         """Wrap a loaded classifier with its own batcher."""
@@ -180,12 +191,16 @@ class DataPlane:
     async def load(self, name: str) -> list[VersionStatus]:
         """Load (or reload) one model off the event loop; refused unless control is explicit."""
         self._check_control("load")
-        return await anyio.to_thread.run_sync(self.repository.load, name)
+        lines = await anyio.to_thread.run_sync(self.repository.load, name)
+        self.log_index(lines)
+        return lines
 
     async def unload(self, name: str) -> list[VersionStatus]:
         """Stop serving one model; refused unless control is explicit."""
         self._check_control("unload")
-        return self.repository.unload(name)
+        lines = self.repository.unload(name)
+        self.log_index(lines)
+        return lines
 
     def _check_control(self, action: str) -> None:
         if self.control_mode is not ControlMode.EXPLICIT:
@@ -202,9 +217,10 @@ class DataPlane:
                 changed = await anyio.to_thread.run_sync(self.repository.changed)
                 for name in changed:
                     if name in self.repository.names() and self._folder_exists(name):
-                        await anyio.to_thread.run_sync(self.repository.load, name)
+                        self.log_index(await anyio.to_thread.run_sync(self.repository.load, name))
                     else:
                         self.repository.forget(name)
+                        logger.info("model %s: its folder is gone; no longer served", name)
             except Exception:  # a bad folder must not stop the watch
                 logger.exception("polling the model repository failed")
 
@@ -284,9 +300,9 @@ def pixel_rows(values: NDArray[Any], where: str) -> NDArray[Any]:
     digit. Whole numbers 0..1 (a binary grid) are ink levels like any other.
     """
     shape = values.shape
-    if values.ndim == 1 and shape[0] == N_FEATURES:
-        values = values.reshape(1, N_FEATURES)
-    elif values.ndim == 2 and shape == (GRID, GRID):
+    if (values.ndim == 1 and shape[0] == N_FEATURES) or (
+        values.ndim == 2 and shape == (GRID, GRID)
+    ):
         values = values.reshape(1, N_FEATURES)
     elif values.ndim not in (2, 3) or shape[1:] not in ((N_FEATURES,), (GRID, GRID)):
         raise InvalidInput(

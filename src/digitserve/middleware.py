@@ -42,6 +42,9 @@ BODY_BYTES_KEY = "body_bytes"
 IMAGES_KEY = "images"
 """The request-state key under which a prediction route leaves how many images it classified."""
 
+MODEL_KEY = "model"
+"""The request-state key under which a prediction route leaves the (name, version) that answered."""
+
 ADMITTED_KEY = "digitserve.admitted"
 """The scope key under which the server (`server.HeaderDeadlineProtocol`) says whether it admitted
 this request under the in-flight bound (True) or found the worker full (False). Absent under other
@@ -163,14 +166,14 @@ class TrafficMiddleware:
         level = logging.DEBUG if scope["path"] in OPERATIONS_PATHS else logging.INFO
         if not access_logger.isEnabledFor(level):
             return
-        classifier = getattr(self.state, "classifier", None)
         fields = {
             "method": method,
             "path": scope["path"],
             "route": template,
             "status": status,
             "duration_ms": round(seconds * 1000, 3),
-            "model_version": getattr(classifier, "version", None),
+            "model": (state.get(MODEL_KEY) or (None, None))[0],
+            "model_version": (state.get(MODEL_KEY) or (None, None))[1],
             "body_bytes": state.get(BODY_BYTES_KEY),
             "images": state.get(IMAGES_KEY),
             "code": code,

@@ -12,7 +12,6 @@ readers take one reference to an immutable table, which a load replaces whole.
 """
 
 import json
-import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -27,8 +26,6 @@ from digitserve.errors import (
     ModelNotReady,
     VersionNotFound,
 )
-
-logger = logging.getLogger("digitserve")
 
 MODEL_SUFFIXES = {
     ".pickle": "pickle",
@@ -207,7 +204,6 @@ class ModelRepository(Generic[Loaded]):
                 try:
                     ready[version] = self.loader(name, version, entry.path, config)
                 except ModelLoadError as exc:
-                    logger.error("model %s version %d not loaded: %s", name, version, exc)
                     status[version] = VersionStatus(name, str(version), State.UNAVAILABLE, str(exc))
                     continue
                 status[version] = VersionStatus(name, str(version), State.READY)
@@ -221,12 +217,6 @@ class ModelRepository(Generic[Loaded]):
                     )
             default = _default_version(config, ready)
             self._models = {**self._models, name: _Model(ready, status, default, config, stamps)}
-            logger.info(
-                "model %s: versions %s ready, default %s",
-                name,
-                sorted(ready) or "none",
-                default,
-            )
             return self.index(name)
 
     def unload(self, name: str) -> list[VersionStatus]:
@@ -240,7 +230,6 @@ class ModelRepository(Generic[Loaded]):
                 for version, line in old.status.items()
             }
             self._models = {**self._models, name: _Model({}, status, None, old.config)}
-            logger.info("model %s unloaded", name)
             return self.index(name)
 
     def index(self, name: str | None = None) -> list[VersionStatus]:

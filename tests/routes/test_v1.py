@@ -21,7 +21,7 @@ from digitserve.routes.v1 import decodes_quickly
 from digitserve.schemas import ModelMetadata, PredictResponse, Problem
 from digitserve.settings import Settings
 from digitserve.training import Split
-from tests.conftest import DATA_DIR, MODEL_PATH, Renderer, encode
+from tests.conftest import DATA_DIR, Renderer, encode
 
 PREDICT = "/v1/models/digits:predict"
 

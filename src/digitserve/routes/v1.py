@@ -22,7 +22,7 @@ from digitserve.errors import (
     UnsupportedMediaType,
     catalogue,
 )
-from digitserve.middleware import BODY_BYTES_KEY, IMAGES_KEY
+from digitserve.middleware import BODY_BYTES_KEY, IMAGES_KEY, MODEL_KEY
 from digitserve.preprocessing import (
     ACCEPTED_MEDIA_TYPES,
     GRID,
@@ -308,6 +308,7 @@ async def _predict(request: Request, served: ServedModel) -> Response:
     body = await read_body(request, settings.max_body_bytes)
     state = request.state
     setattr(state, BODY_BYTES_KEY, len(body))
+    setattr(state, MODEL_KEY, (served.name, served.version))
     decode: Callable[[], list[Preprocessed]]
     if media_type in ACCEPTED_MEDIA_TYPES:
         # Opened once, here: the header's size says where to decode, and a bad header is

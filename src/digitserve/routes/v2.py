@@ -36,7 +36,7 @@ from digitserve.inference_protocol import (
     parse_request,
     response_encoding,
 )
-from digitserve.middleware import BODY_BYTES_KEY, IMAGES_KEY
+from digitserve.middleware import BODY_BYTES_KEY, IMAGES_KEY, MODEL_KEY
 from digitserve.preprocessing import (
     GRID,
     INLINE_PIXELS,
@@ -253,6 +253,7 @@ async def _infer(request: Request, served: ServedModel) -> Response:
     settings = dataplane.settings
     body = await read_body(request, settings.max_body_bytes)
     setattr(request.state, BODY_BYTES_KEY, len(body))
+    setattr(request.state, MODEL_KEY, (served.name, served.version))
     encoding = request.headers.get("content-encoding")
     length = request.headers.get(IHCL)
     # What the model takes at most: that many images, or pixel rows of 64 features.
