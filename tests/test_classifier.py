@@ -7,7 +7,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-import joblib  # type: ignore[import-untyped]  # untyped upstream
+import joblib
 import numpy as np
 import pytest
 import skops.io
