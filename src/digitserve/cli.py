@@ -94,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         dest="model_path",
-        help="where to write the pickle; the model card goes beside it (default "
-        "model/classifier.pickle, with --robust model/digits-robust/1/model.pickle)",
+        help="where to write the pickle; the model card goes beside it (default: the bundled "
+        "repository, src/digitserve/models/digits/1/model.pickle, or digits-robust/1/ with "
+        "--robust)",
     )
     train.add_argument(
         "--examples",
@@ -287,7 +288,7 @@ def _train(args: argparse.Namespace) -> int:
             f", evaluation set {evalset[training.ROBUST_NAME]:.4f} (digits {evalset['digits']:.4f})"
         )
     else:
-        model_path = args.model_path or Path("model/classifier.pickle")
+        model_path = args.model_path or training.MODEL_PATH
         card = training.train(model_path, args.examples)
         extra = ""
     print(

@@ -165,7 +165,13 @@ ROBUST_NAME = "digits-robust"
 ROBUST_VERSION = "1.0.0"
 """Bump when the robust recipe changes."""
 
-ROBUST_MODEL_PATH = Path("model/digits-robust/1/model.pickle")
+BUNDLED_REPOSITORY = Path("src/digitserve/models")
+"""The bundled model repository, in a checkout: what `digitserve train` rebuilds by default."""
+
+MODEL_PATH = BUNDLED_REPOSITORY / "digits" / "1" / "model.pickle"
+"""Where `digitserve train` writes digits: a model repository's <name>/<version>/model.<ext>."""
+
+ROBUST_MODEL_PATH = BUNDLED_REPOSITORY / "digits-robust" / "1" / "model.pickle"
 """Where `digitserve train --robust` writes: a model repository's <name>/<version>/model.<ext>."""
 
 EVAL_MAX_PIXELS = 40_000_000
