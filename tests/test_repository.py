@@ -193,3 +193,18 @@ def test_a_single_file_is_a_model_with_version_1(tmp_path: Path) -> None:
     repository = ModelRepository(None, loader, files={"digits": path})
     repository.load_all()
     assert repository.get("digits") == (1, "digits/1:solo")
+
+
+def test_a_single_model_folder_holds_one_file_or_its_versions(tmp_path: Path) -> None:
+    flat = tmp_path / "flat"
+    put(tmp_path, "flat", 0, "solo")  # writes flat/0/model.pickle: move it up a level
+    (flat / "0" / "model.pickle").rename(flat / "model.pickle")
+    (flat / "0").rmdir()
+    repository = ModelRepository(None, loader, files={"mnist": flat})
+    repository.load_all()
+    assert repository.get("mnist") == (1, "mnist/1:solo")
+    put(tmp_path, "versioned", 1, "one")
+    put(tmp_path, "versioned", 4, "four")
+    repository = ModelRepository(None, loader, files={"kserve": tmp_path / "versioned"})
+    repository.load_all()
+    assert repository.get("kserve") == (4, "kserve/4:four")

@@ -329,7 +329,7 @@ class ModelRepository(Generic[Loaded]):
     def _version_files(self, name: str) -> list[VersionFile]:
         """The version folders of one model and their model files."""
         if name in self.files:
-            return [VersionFile(1, self.files[name])]
+            return _single_model(self.files[name])
         if self.root is None or not MODEL_NAME.match(name):
             raise ModelNotFound(f"no model named {name[:64]!r} in the repository")
         folder = self.root / name
@@ -352,6 +352,22 @@ class ModelRepository(Generic[Loaded]):
             return parse_config(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as exc:
             raise ModelLoadError(f"{path}: {exc}") from exc
+
+
+def _single_model(path: Path) -> list[VersionFile]:
+    """One model given by path: a model file (version 1), or a folder of one model.
+
+    A folder holds either its versions (`1/model.pickle`, `2/model.onnx`, ...) or one model file
+    (version 1), which is what KServe's storage initializer leaves in `/mnt/models`.
+    """
+    if not path.is_dir():
+        return [VersionFile(1, path)]
+    versions = [
+        _version_file(int(entry.name), entry)
+        for entry in sorted(path.iterdir())
+        if entry.is_dir() and _VERSION.match(entry.name)
+    ]
+    return sorted(versions, key=lambda item: item.version) or [_version_file(1, path)]
 
 
 def _unloaded(model: "_Model[Any]") -> bool:

@@ -19,8 +19,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIGITSERVE_", frozen=True, extra="forbid")
 
     model_path: Path | None = None
-    """One model file to host (pickle, joblib, skops or ONNX), as version 1 of `model_name`;
-    overrides the repository. Only operator-supplied files are ever unpickled."""
+    """One model to host as `model_name`, overriding the repository: a model file (pickle,
+    joblib, skops or ONNX; version 1), or a folder holding one (KServe's `/mnt/models`) or its
+    version folders. Only operator-supplied files are ever unpickled."""
 
     model_repository: Path | None = None
     """A model repository folder (`<name>/<version>/model.<ext>`); default: the bundled one."""
@@ -90,7 +91,7 @@ class Settings(BaseSettings):
     @classmethod
     def _model_file_exists(cls, path: Path | None) -> Path | None:
         """Fail at start-up, before the port opens, when the model file is not there."""
-        if path is not None and not path.is_file():
+        if path is not None and not path.exists():
             raise ValueError(f"model file not found: {path}")
         return path
 
