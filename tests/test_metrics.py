@@ -75,7 +75,9 @@ def test_metrics_count_requests_predictions_errors_and_stages(client: TestClient
         == 1
     )
     assert value(parsed, "digitserve_request_duration_seconds_count", route=PREDICT_ROUTE) == 5
-    assert value(parsed, "digitserve_predictions_total", label="7") == 5
+    assert (
+        value(parsed, "digitserve_predictions_total", model="digits", version="1", label="7") == 5
+    )
     assert value(parsed, "digitserve_errors_total", code="invalid_image") == 1
     assert value(parsed, "digitserve_errors_total", code="not_found") == 1
     assert value(parsed, "digitserve_stage_duration_seconds_count", stage="decode") == 5
@@ -183,10 +185,24 @@ def test_two_workers_add_up_in_one_scrape(tmp_path: Path) -> None:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:  # a worker counts just after its response goes out
                 parsed = samples(requests.get(f"{server.url}/metrics", timeout=10).text)
-                if value(parsed, "digitserve_predictions_total", label="7") >= sent:
+                if (
+                    value(
+                        parsed,
+                        "digitserve_predictions_total",
+                        model="digits",
+                        version="1",
+                        label="7",
+                    )
+                    >= sent
+                ):
                     break
                 time.sleep(0.1)
-            assert value(parsed, "digitserve_predictions_total", label="7") == sent
+            assert (
+                value(
+                    parsed, "digitserve_predictions_total", model="digits", version="1", label="7"
+                )
+                == sent
+            )
             assert (
                 value(
                     parsed,

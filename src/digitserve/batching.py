@@ -60,6 +60,7 @@ class MicroBatcher:
         admitted: Callable[[], int],
     ) -> None:
         self.classifier = classifier
+        self.model = (classifier.name, classifier.version)
         self.metrics = metrics
         self.max_rows = max_rows
         self.min_requests = max(min_requests, 2)  # one request alone has no one to share with
@@ -123,6 +124,7 @@ class MicroBatcher:
         started = time.perf_counter()
         predictions = self.classifier.predict(rows)
         self.metrics.observe_predictions(
+            self.model,
             (prediction.label for prediction in predictions),
             time.perf_counter() - started,
             len(rows),

@@ -96,8 +96,8 @@ class Metrics:
         )
         self.predictions = Counter(
             "digitserve_predictions_total",
-            "Predictions made, by predicted label (a drift signal).",
-            ["label"],
+            "Predictions made, by model, version and predicted label (a drift signal).",
+            ["model", "version", "label"],
             registry=registry,
         )
         self.errors = Counter(
@@ -156,15 +156,18 @@ class Metrics:
             child = self._error_children[code] = self.errors.labels(code)
         child.inc()
 
-    def observe_predictions(self, labels: Iterable[object], seconds: float, batch: int) -> None:
-        """Count the predicted labels of one model call, its time and its batch size."""
+    def observe_predictions(
+        self, model: tuple[str, str], labels: Iterable[object], seconds: float, batch: int
+    ) -> None:
+        """Count the predicted labels of one call to a model (name, version), its time and size."""
         self.predict_seconds.observe(seconds)
         self.batch_size.observe(batch)
         children = self._label_children
         for label in labels:
-            child = children.get(label)
+            key = (model, label)
+            child = children.get(key)
             if child is None:
-                child = children[label] = self.predictions.labels(str(label))
+                child = children[key] = self.predictions.labels(*model, str(label))
             child.inc()
 
     def render(self) -> bytes:
