@@ -1,0 +1,115 @@
+"""Runtimes: one model file loaded by its format, checked, warmed up, answering like its source."""
+
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from skl2onnx import to_onnx
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
+
+from digitserve.errors import ModelLoadError
+from digitserve.runtimes import load_model
+from digitserve.training import Split
+
+
+def export(estimator: Any, path: Path, options: dict[int, Any] | None = None) -> Path:
+    """Write an estimator as skl2onnx exports it (with its `options`)."""
+    with warnings.catch_warnings():
+        # skl2onnx reads SVC's probA_/probB_, which scikit-learn 1.9 marks deprecated.
+        warnings.simplefilter("ignore", FutureWarning)
+        onnx = to_onnx(estimator, np.zeros((1, 64), dtype=np.float32), options=options)
+    path.write_bytes(onnx.SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="module")
+def forest(split: Split) -> RandomForestClassifier:
+    """A small forest on the training half."""
+    return RandomForestClassifier(n_estimators=10, random_state=0).fit(split.x_train, split.y_train)
+
+
+@pytest.mark.parametrize("zipmap", [True, False], ids=["zipmap", "tensor"])
+def test_onnx_forest_answers_like_scikit_learn(
+    tmp_path: Path, split: Split, forest: RandomForestClassifier, zipmap: bool
+) -> None:
+    options = None if zipmap else {id(forest): {"zipmap": False}}
+    classifier = load_model(export(forest, tmp_path / "model.onnx", options), "forest")
+    assert classifier.path == "onnxruntime"
+    assert classifier.score_kind == "probabilities"
+    assert classifier.classes == tuple(range(10))
+    rows = split.x_test[:200].astype(np.int64)
+    predictions = classifier.predict(rows)
+    assert [p.label for p in predictions] == forest.predict(rows).tolist()
+    expected = forest.predict_proba(rows)
+    got = np.array([[p.scores[str(k)] for k in range(10)] for p in predictions])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_onnx_svc_without_probabilities_gives_decision_scores(tmp_path: Path, split: Split) -> None:
+    svc = SVC(gamma=0.001).fit(split.x_train, split.y_train)
+    classifier = load_model(export(svc, tmp_path / "svc.ONNX"), "svc")
+    assert classifier.score_kind == "decision_scores"
+    rows = split.x_test[:100].astype(np.int64)
+    assert [p.label for p in classifier.predict(rows)] == svc.predict(rows).tolist()
+    assert all(p.confidence is None for p in classifier.predict(rows[:3]))
+
+
+def test_onnx_string_labels(tmp_path: Path, split: Split) -> None:
+    names = np.array(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    )
+    model = KNeighborsClassifier(3).fit(split.x_train, names[split.y_train])
+    classifier = load_model(export(model, tmp_path / "model.onnx"), "named")
+    rows = split.x_test[:50].astype(np.int64)
+    assert [p.label for p in classifier.predict(rows)] == model.predict(rows).tolist()
+    assert set(classifier.classes) == set(names)
+
+
+def test_scikit_learn_files_in_every_format_and_estimator(tmp_path: Path, split: Split) -> None:
+    knn = KNeighborsClassifier(3).fit(split.x_train, split.y_train)
+    path = tmp_path / "model.PKL"
+    path.write_bytes(pickle.dumps(knn))
+    classifier = load_model(path, "knn", version="3")
+    assert (classifier.version, classifier.path, classifier.score_kind) == (
+        "3",
+        "scikit-learn",
+        "probabilities",
+    )
+    rows = split.x_test[:20].astype(np.int64)
+    assert [p.label for p in classifier.predict(rows)] == knn.predict(rows).tolist()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not an onnx graph", "not a model ONNX Runtime can open"),
+    ],
+)
+def test_broken_onnx_files_are_refused(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(path, "broken")
+
+
+def test_onnx_with_the_wrong_feature_count_is_refused(tmp_path: Path, split: Split) -> None:
+    small = DecisionTreeClassifier(random_state=0).fit(split.x_train[:, :10], split.y_train)
+    onnx = to_onnx(small, np.zeros((1, 10), dtype=np.float32))
+    path = tmp_path / "model.onnx"
+    path.write_bytes(onnx.SerializeToString())
+    with pytest.raises(ModelLoadError, match="expects 10 features"):
+        load_model(path, "small")
+
+
+def test_an_onnx_file_is_checked_against_its_pin(
+    tmp_path: Path, forest: RandomForestClassifier
+) -> None:
+    path = export(forest, tmp_path / "model.onnx")
+    with pytest.raises(ModelLoadError, match="refusing to load it"):
+        load_model(path, "forest", expected_sha256="0" * 64)
