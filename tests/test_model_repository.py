@@ -357,3 +357,14 @@ def test_the_bundled_model_serves_from_any_directory(tmp_path: Path, render: Ren
     )
     assert result.returncode == 0, result.stderr
     assert '"label": 7' in result.stdout
+
+
+def test_repository_routes_need_a_key_when_keys_are_set(repository: Path) -> None:
+    key = "k" * 32
+    settings = Settings(model_repository=repository, model_control_mode="explicit", api_keys=[key])
+    with TestClient(create_app(settings)) as client:
+        for path in ("/v2/repository/index", "/v2/repository/models/forest/unload"):
+            refused = client.post(path)
+            assert (refused.status_code, refused.json()["code"]) == (401, "unauthorized"), path
+        allowed = client.post("/v2/repository/index", headers={"X-API-Key": key})
+        assert allowed.status_code == 200
