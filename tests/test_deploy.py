@@ -379,3 +379,11 @@ def test_the_kserve_container_serves_mnt_models_under_the_service_name(
                 os.killpg(process.pid, signal.SIGKILL)
                 raise
     assert process.returncode == 0
+
+
+def test_the_deploying_page_names_files_that_exist() -> None:
+    page = (ROOT / "docs" / "deploying.md").read_text()
+    named = set(re.findall(r"\b(?:deploy|src|tests|data)/[\w./-]*\w/?", page))
+    assert {"deploy/kserve/servingruntime.yaml", "deploy/kubernetes/"} <= named
+    missing = sorted(path for path in named if not (ROOT / path).exists())
+    assert not missing
