@@ -25,7 +25,7 @@ from digitserve.training import (
 )
 from tests.conftest import DATA_DIR, MODEL_PATH, ROOT
 
-ROBUST_PATH = ROOT / "model" / "digits-robust" / "1" / "model.pickle"
+ROBUST_PATH = ROOT / "src" / "digitserve" / "models" / "digits-robust" / "1" / "model.pickle"
 
 
 @pytest.fixture(scope="module")
