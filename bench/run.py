@@ -427,7 +427,9 @@ def lowest(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _in_process(bodies: dict[str, Body]) -> dict[str, float]:
-    classifier = load_classifier(ROOT / "src" / "digitserve" / "models" / "digits" / "1" / "model.pickle")
+    classifier = load_classifier(
+        ROOT / "src" / "digitserve" / "models" / "digits" / "1" / "model.pickle"
+    )
     timings: dict[str, float] = {}
     for name in ("jpeg-8px", "jpeg-256px", "jpeg-12mp"):
         data = bodies[name].data

@@ -12,7 +12,9 @@ from flask import Flask, jsonify, request
 from PIL import Image
 
 app = Flask(__name__)
-with open(os.environ.get("DIGITSERVE_MODEL_PATH", "src/digitserve/models/digits/1/model.pickle"), "rb") as handle:
+with open(
+    os.environ.get("DIGITSERVE_MODEL_PATH", "src/digitserve/models/digits/1/model.pickle"), "rb"
+) as handle:
     model = pickle.load(handle)
 
 
