@@ -1,13 +1,15 @@
 """The data plane: the one place every front end goes through, whatever protocol it speaks.
 
-It finds a model by name and version, reads images (header limits, where the work runs, stage
-metrics, per-image warnings, naming the failing item of a batch), checks ready-made pixel features
-(one rule for every protocol), and predicts through each version's micro-batcher. It also loads,
-unloads and polls the model repository. /v1, /v2, the CLI and the page parse a request and encode
-an answer; nothing else. No HTTP here: errors are `DigitserveError`s that front ends encode.
+It finds a model by name and version, reads images (base64 in its common forms, header limits,
+where the work runs, stage metrics, per-image warnings, naming the failing item of a batch), checks
+ready-made pixel features (one rule for every protocol), and predicts through each version's
+micro-batcher. It also loads, unloads and polls the model repository. /v1, /v2, the CLI and the
+page parse a request and encode an answer; nothing else. No HTTP here: errors are
+`DigitserveError`s that front ends encode.
 """
 
 import asyncio
+import binascii
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -353,3 +355,37 @@ def pixel_list(values: object, where: str) -> NDArray[Any]:
     array = np.array(flat, dtype=kind)
     row: NDArray[Any] = pixel_rows(array.reshape(1, N_FEATURES), where)[0]
     return row
+
+
+_LINE_BREAKS = b"\r\n"
+
+
+def decode_base64(text: str, what: str) -> bytes:
+    """The bytes of an image sent as base64 text, one rule for every protocol.
+
+    Read as sent by the usual tools: plain, wrapped in lines (`base64` and MIME break every 76
+    characters, OpenSSL every 64) or as a data URL (`data:image/png;base64,...`, what a browser's
+    `FileReader` and a canvas's `toDataURL` give). Anything else outside the standard alphabet is
+    refused (no spaces, no URL-safe alphabet, nothing after the padding), as is a data URL that
+    is not base64. The media type a data URL names is not trusted: the bytes are sniffed.
+    """
+    if text[:5].lower() == "data:":
+        header, comma, text = text.partition(",")
+        if not comma or not header.lower().endswith(";base64"):
+            raise InvalidInput(
+                f"{what} is a data URL without base64; send data:image/png;base64,<base64>"
+            )
+    try:
+        if "\n" in text or "\r" in text:
+            # Strict mode refuses line breaks: drop them (only them) first.
+            return binascii.a2b_base64(
+                text.encode("ascii").translate(None, _LINE_BREAKS), strict_mode=True
+            )
+        # Strict mode decodes the string in place; b64decode would first copy it to bytes.
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        reason = str(exc)
+        raise InvalidInput(
+            f"{what} is not valid base64 ({reason[:1].lower()}{reason[1:]}); line breaks and a "
+            "data:image/...;base64, prefix are read, nothing else outside A-Z a-z 0-9 + / ="
+        ) from exc

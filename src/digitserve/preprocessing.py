@@ -176,7 +176,7 @@ def open_image(data: bytes, *, max_pixels: int) -> OpenedImage:
     media_type = sniff_media_type(data)
     if media_type not in _PILLOW_FORMAT:
         if media_type is None:
-            raise InvalidImage("the body is not a JPEG or PNG image (unrecognised or corrupt data)")
+            raise InvalidImage("not a JPEG or PNG image (unrecognised or corrupt data)")
         raise UnsupportedMediaType(
             f"{media_type} images are not accepted; send one of: {', '.join(ACCEPTED_MEDIA_TYPES)}",
             accepted=list(ACCEPTED_MEDIA_TYPES),

@@ -15,7 +15,10 @@ class Base64Image(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    b64: str = Field(description="Standard base64 of the JPEG or PNG bytes.")
+    b64: str = Field(
+        description="Standard base64 of the JPEG or PNG bytes; line breaks (as `base64` and MIME "
+        "wrap it) and a data URL prefix (`data:image/png;base64,`) are read too."
+    )
 
 
 PixelRow = list[int]

@@ -102,6 +102,24 @@ def test_json_instances_of_every_kind(
     assert predictions[1]["pixels"] == seven.reshape(8, 8).tolist()
 
 
+def test_json_b64_as_a_data_url_and_wrapped_in_lines(
+    client: TestClient, seven: NDArray[np.int64], render: Renderer
+) -> None:
+    jpeg, png = render(seven, 64), render(seven, 64, "PNG")
+    mime = base64.encodebytes(png).decode().replace("\n", "\r\n")  # 76 columns, CRLF
+    instances = [
+        {"b64": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()},
+        {"b64": "data:image/jpeg;base64," + base64.b64encode(png).decode()},  # label not trusted
+        {"b64": base64.encodebytes(jpeg).decode()},  # `base64 digit.jpg`: 76 columns, LF
+        {"b64": mime},
+    ]
+    assert "\r\n" in mime
+    assert len(mime.splitlines()[0]) == 76
+    response = client.post(PREDICT, json={"instances": instances})
+    assert response.status_code == 200, response.text
+    assert [p["label"] for p in response.json()["predictions"]] == [7, 7, 7, 7]
+
+
 def test_data_examples_are_read_correctly(client: TestClient) -> None:
     files = sorted(DATA_DIR.glob("*.jpg"))
     assert len(files) >= 20
@@ -217,12 +235,21 @@ def test_400_undecodable_image(client: TestClient) -> None:
         (b'{"inputs": []}', 'one key, "instances"'),
         (b'{"instances": []}', "non-empty list"),
         (b'{"instances": [{"b64": "***"}]}', "item 0: b64 is not valid base64"),
-        (b'{"instances": [{"b64": "QUJD\\n"}]}', "item 0: b64 is not valid base64"),
+        (b'{"instances": [{"b64": "QUJD QUJD"}]}', "item 0: b64 is not valid base64"),
+        (b'{"instances": [{"b64": "QUJD\\t"}]}', "item 0: b64 is not valid base64"),
         (b'{"instances": [{"b64": "QQ==QQ=="}]}', "item 0: b64 is not valid base64"),
+        (b'{"instances": [{"b64": "QQ==\\nQQ=="}]}', "item 0: b64 is not valid base64"),
+        (b'{"instances": [{"b64": "data:image/png,%89PNG"}]}', "item 0: b64 is a data URL"),
+        (b'{"instances": [{"b64": "data:image/png;base64"}]}', "item 0: b64 is a data URL"),
+        (b'{"instances": [{"b64": "data:;base64,**"}]}', "item 0: b64 is not valid base64"),
         (b'{"instances": [{"b64": "\xc3\xa9"}]}', "item 0: b64 is not valid base64"),
         (b'{"instances": [{"url": "http://x"}]}', '{"b64"'),
         (b'{"instances": [[1, 2, 3]]}', "item 0: pixels must hold 64 values"),
-        (b'{"instances": ["abc"]}', "item 0: pixels must be a list"),
+        (
+            b'{"instances": ["QUJD"]}',
+            'item 0: a bare string is not an instance; send an image as {"b64": "<base64 of',
+        ),
+        (b'{"instances": [7]}', "item 0: pixels must be a list"),
         (b"[" * 5000 + b"]" * 5000, "not valid JSON"),
         (b'{"instances": "\xff\xfe"}', "not valid JSON"),
     ],

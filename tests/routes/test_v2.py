@@ -279,6 +279,18 @@ def test_json_image_base64_and_id_echo(
     assert json_infer(client, {**document, "id": ""})["id"] == ""
 
 
+def test_json_image_elements_as_data_urls_and_wrapped_base64(
+    client: TestClient, seven: NDArray[np.int64], render: Renderer
+) -> None:
+    png = render(seven, 64, "PNG")
+    elements = [
+        "data:image/png;base64," + b64(png),
+        base64.encodebytes(png).decode().replace("\n", "\r\n"),
+    ]
+    document = {"inputs": [image_input(*elements)], "outputs": [{"name": "label"}]}
+    assert json_infer(client, document)["outputs"][0]["data"] == [7, 7]
+
+
 def test_batch_of_32_images_json_and_binary(
     client: TestClient, split: Split, classifier: Classifier, render: Renderer
 ) -> None:
@@ -597,11 +609,12 @@ def pixels_doc(
         ),
         (
             {"inputs": [image_input("not base64!")]},
-            "input 'image' element 0: not valid base64 (in JSON, image elements are base64",
+            "input 'image' element 0: the string (in JSON, image elements are base64) is not valid "
+            "base64",
         ),
         (
             {"inputs": [image_input(b64(b"garbage"))]},
-            "input 'image' element 0: the body is not a JPEG or PNG image",
+            "input 'image' element 0: not a JPEG or PNG image",
         ),
         (
             {"inputs": [image_input(), *pixels_doc()["inputs"]]},

@@ -1,6 +1,5 @@
 """The native REST API: `/v1/models/{name}` metadata and `:predict` with three request shapes."""
 
-import binascii
 import functools
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, get_args
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dataplane import DataPlane, ServedModel, each_item, pixel_list
+from digitserve.dataplane import DataPlane, ServedModel, decode_base64, each_item, pixel_list
 from digitserve.dependencies import DataPlaneDep, get_dataplane, get_model
 from digitserve.diagnostics import WARNING_CODES, confidence_warnings
 from digitserve.errors import (
@@ -54,6 +53,9 @@ REQUEST_MEDIA_TYPES = (*ACCEPTED_MEDIA_TYPES, "multipart/form-data", "applicatio
 
 MULTIPART_FIELD = "image"
 """The form field name of each image in a multipart request."""
+
+B64_FORM = '{"b64": "<base64 of the JPEG or PNG>"}'
+"""How an image goes into a JSON instance, as error messages show it."""
 
 INLINE_JSON_BYTES = 64 * 1024
 """JSON of ready-made pixels up to this size is read inline; JSON carrying images never is."""
@@ -462,9 +464,9 @@ def _check_value_count(body: bytes, limit: int) -> None:
     Parsed, every JSON value is a Python object, all built before anything can be counted: 10 MB
     of `0,0,0,...` (five million list slots, copied once more to check them) cost a worker 140 MB,
     and eight such bodies at once 830 MB. Every comma separates two values, and a valid body has
-    no other commas (base64 has none), so one with `limit` x 64 or more (64 pixels per instance)
-    is refused unparsed. What is left to parse is a few thousand small objects plus the strings,
-    which are at most the body's size.
+    few others (base64 has none, a data URL one per image), so one with `limit` x 64 or more (64
+    pixels per instance) is refused unparsed. What is left to parse is a few thousand small
+    objects plus the strings, which are at most the body's size.
     """
     if body.count(b",") >= limit * N_FEATURES:
         raise TooManyImages(
@@ -478,14 +480,12 @@ def _instance_features(instance: object, dataplane: DataPlane) -> Preprocessed:
     """One JSON instance: {"b64": image} or ready-made pixels (which carry no image warnings)."""
     if isinstance(instance, dict):
         if set(instance) != {"b64"} or not isinstance(instance["b64"], str):
-            raise InvalidInput('an image instance must be {"b64": "<base64 string>"}')
-        try:
-            # Strict mode accepts exactly what `b64decode(validate=True)` does, and decodes the
-            # string in place, where b64decode would first copy it to bytes.
-            data = binascii.a2b_base64(instance["b64"], strict_mode=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidInput("b64 is not valid base64") from exc
-        return dataplane.read_bytes(data)
+            raise InvalidInput(f"an image instance must be {B64_FORM}")
+        return dataplane.read_bytes(decode_base64(instance["b64"], "b64"))
+    if isinstance(instance, str):
+        # A string is no instance of its own: TF Serving reads a bare string as text, never as
+        # an image, so the one image form is the explicit object.
+        raise InvalidInput(f"a bare string is not an instance; send an image as {B64_FORM}")
     return Preprocessed(pixel_list(instance, "pixels"))
 
 

@@ -5,8 +5,6 @@ The hosted model takes `image` (BYTES: encoded JPEG/PNG, preprocessed exactly li
 in `inference_protocol`; this module maps tensors to features and predictions back to tensors.
 """
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +15,7 @@ from numpy.typing import NDArray
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dataplane import DataPlane, ServedModel, each_item, pixel_rows
+from digitserve.dataplane import DataPlane, ServedModel, decode_base64, each_item, pixel_rows
 from digitserve.dependencies import DataPlaneDep, get_dataplane, get_model
 from digitserve.diagnostics import Diagnostic
 from digitserve.errors import InvalidInput, ModelNotReady
@@ -424,10 +422,7 @@ def _image_bytes(element: bytes | str) -> bytes:
     """An image element's bytes: as sent in binary, base64-decoded when it came as JSON."""
     if isinstance(element, bytes):
         return element
-    try:
-        return base64.b64decode(element, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput("not valid base64 (in JSON, image elements are base64 strings)") from exc
+    return decode_base64(element, "the string (in JSON, image elements are base64)")
 
 
 def _pixel_features(tensor: Tensor, dataplane: DataPlane) -> Rows:
