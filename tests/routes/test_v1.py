@@ -392,6 +392,38 @@ def test_413_json_with_more_values_than_its_instances_can_hold(
         assert assert_problem(over, 413, "too_many_images")["limit"] == 2
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "application/x-www-form-urlencoded",  # curl --data-binary @digit.jpg, without -H
+        "application/octet-stream",
+        "image/jpg",
+        "text/plain",
+        "image/png",
+    ],
+)
+def test_a_raw_image_is_read_by_its_bytes_whatever_its_label(
+    client: TestClient, seven: NDArray[np.int64], render: Renderer, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    for image in (render(seven, 64), render(seven, 64, "PNG")):
+        response = client.post(PREDICT, content=image, headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == 7
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_unlabelled_json_is_read_as_json(
+    client: TestClient, seven: NDArray[np.int64], content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    content = b"\n " + json.dumps({"instances": [seven.tolist()]}).encode()
+    response = client.post(PREDICT, content=content, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == 7
+
+
 def test_415_unsupported_media_types(client: TestClient) -> None:
     body = assert_problem(
         client.post(PREDICT, content=b"hello", headers={"content-type": "text/plain"}),
@@ -404,7 +436,16 @@ def test_415_unsupported_media_types(client: TestClient) -> None:
         "multipart/form-data",
         "application/json",
     ]
-    assert_problem(client.post(PREDICT, content=b"hello"), 415, "unsupported_media_type")
+    assert body["detail"] == (
+        "Content-Type text/plain is not accepted, and the body is not an image (nor a JSON "
+        "object); send one of: image/jpeg, image/png, multipart/form-data, application/json"
+    )
+    body = assert_problem(client.post(PREDICT, content=b"hello"), 415, "unsupported_media_type")
+    assert body["detail"].startswith("Content-Type (none) is not accepted, and the body is not")
+    # A real mismatch keeps its clear error: bytes claiming JPEG that are no image at all.
+    mislabelled = client.post(PREDICT, content=b"hello", headers={"content-type": "image/jpeg"})
+    body = assert_problem(mislabelled, 400, "invalid_image")
+    assert body["detail"] == "not a JPEG or PNG image (unrecognised or corrupt data)"
     gif = encode(Image.new("RGB", (16, 16)), "GIF")
     body = assert_problem(
         client.post(PREDICT, content=gif, headers={"content-type": "image/jpeg"}),
@@ -460,6 +501,7 @@ def test_openapi_documents_every_request_shape_and_error(client: TestClient) -> 
     assert set(operation["requestBody"]["content"]) == {
         "image/jpeg",
         "image/png",
+        "application/octet-stream",
         "multipart/form-data",
         "application/json",
     }

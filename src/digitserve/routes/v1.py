@@ -1,6 +1,7 @@
 """The native REST API: `/v1/models/{name}` metadata and `:predict` with three request shapes."""
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, get_args
 
@@ -30,6 +31,7 @@ from digitserve.preprocessing import (
     OpenedImage,
     Preprocessed,
     declared_pixels,
+    sniff_media_type,
 )
 from digitserve.routes.bodies import media_type_of, parse_multipart, read_body
 from digitserve.schemas import (
@@ -49,7 +51,13 @@ INCLUDE_VALUES = get_args(Include)
 """What `?include=` may ask for."""
 
 REQUEST_MEDIA_TYPES = (*ACCEPTED_MEDIA_TYPES, "multipart/form-data", "application/json")
-"""What `:predict` reads; anything else is 415 before the body is read."""
+"""The Content-Types `:predict` names; a body labelled otherwise is read by its bytes."""
+
+RAW_IMAGE = "image/*"
+"""A body read as one image, whatever its label said (`body_media_type`)."""
+
+_JSON_OBJECT = re.compile(rb"[ \t\r\n]*\{")
+"""JSON whitespace, then an object: what an unlabelled JSON request starts with."""
 
 MULTIPART_FIELD = "image"
 """The form field name of each image in a multipart request."""
@@ -90,7 +98,8 @@ _STATUS_DESCRIPTIONS = {
     404: "No model of that name (`model_not_found`).",
     413: "Over a limit: body bytes (refused before reading), image pixels (from the header), or "
     "images per request (`body_too_large`, `image_too_large`, `too_many_images`).",
-    415: "Body media type not accepted; `accepted` lists those that are.",
+    415: "An image format other than JPEG or PNG, or a body that is no image (nor JSON) under a "
+    "Content-Type not accepted; `accepted` lists the types that are (`unsupported_media_type`).",
     422: "A valid image that cannot be a digit: smaller than 8x8 or blank "
     "(`image_too_small`, `blank_image`).",
     503: "Model not ready (`model_not_ready`).",
@@ -99,10 +108,15 @@ _STATUS_DESCRIPTIONS = {
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 PREDICT_REQUEST_BODY: dict[str, Any] = {
     "required": True,
-    "description": "One path, three request shapes chosen by Content-Type.",
+    "description": "One path, three request shapes: multipart/form-data and application/json "
+    "as labelled; any other body (image/jpeg, image/png, application/octet-stream, no "
+    "Content-Type, or curl's default application/x-www-form-urlencoded) is read by its bytes: a "
+    "JPEG or PNG image (the format is sniffed, never taken from the label), or JSON when it "
+    "starts with `{`.",
     "content": {
         "image/jpeg": _BINARY,
         "image/png": _BINARY,
+        "application/octet-stream": _BINARY,
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -300,19 +314,14 @@ async def _predict(request: Request, served: ServedModel) -> Response:
     with_pixels = _with_pixels(request)
     dataplane = get_dataplane(request)
     settings = dataplane.settings
-    media_type, options = media_type_of(request.headers.get("content-type"))
-    if media_type not in REQUEST_MEDIA_TYPES:
-        raise UnsupportedMediaType(
-            f"Content-Type {media_type or '(none)'} is not accepted; send one of: "
-            f"{', '.join(REQUEST_MEDIA_TYPES)}",
-            accepted=list(REQUEST_MEDIA_TYPES),
-        )
     body = await read_body(request, settings.max_body_bytes)
     state = request.state
     setattr(state, BODY_BYTES_KEY, len(body))
     setattr(state, MODEL_KEY, (served.name, served.version))
+    media_type, options = media_type_of(request.headers.get("content-type"))
+    media_type = body_media_type(media_type, body)
     decode: Callable[[], list[Preprocessed]]
-    if media_type in ACCEPTED_MEDIA_TYPES:
+    if media_type == RAW_IMAGE:
         # Opened once, here: the header's size says where to decode, and a bad header is
         # answered at once.
         image = dataplane.open(body)
@@ -362,6 +371,29 @@ async def model_version_metadata(
     if model_version.endswith(":predict"):
         raise MethodNotAllowed("use POST for :predict", headers={"Allow": "POST"})
     return describe_model(dataplane.model(model_name, model_version), dataplane)
+
+
+def body_media_type(declared: str, body: bytes) -> str:
+    """How to read a body: multipart and JSON as labelled, anything else by its bytes.
+
+    Clients label raw uploads loosely: curl's `--data-binary @digit.jpg` says it is a form
+    (application/x-www-form-urlencoded), others say application/octet-stream, image/jpg, or
+    nothing. The label is not trusted for images anyway (the format is sniffed), so any body that
+    is not multipart or JSON is read as an image when its bytes are one, and as JSON when they
+    open with `{` (`curl -d @request.json` without `-H`). Bytes that are neither keep the label's
+    answer: 415 for a type not accepted, 400 `invalid_image` for one claiming JPEG or PNG.
+    """
+    if declared in ("multipart/form-data", "application/json"):
+        return declared
+    if declared in ACCEPTED_MEDIA_TYPES or sniff_media_type(body) is not None:
+        return RAW_IMAGE
+    if _JSON_OBJECT.match(body):
+        return "application/json"
+    raise UnsupportedMediaType(
+        f"Content-Type {declared or '(none)'} is not accepted, and the body is not an image "
+        f"(nor a JSON object); send one of: {', '.join(REQUEST_MEDIA_TYPES)}",
+        accepted=list(REQUEST_MEDIA_TYPES),
+    )
 
 
 def decodes_quickly(media_type: str, body: bytes) -> bool:
