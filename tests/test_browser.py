@@ -462,7 +462,7 @@ def white_png() -> bytes:
             (DATA_DIR / "9_256px.jpg").read_bytes() + bytes(BODY_LIMIT),
             "image/jpeg",
             "That image is too large",
-            f"the limit is {BODY_LIMIT}",
+            "the limit is 1 MiB, set by DIGITSERVE_MAX_BODY_BYTES=1048576",
         ),
     ],
     ids=["not-an-image-400", "gif-415", "blank-422", "over-the-body-limit-413"],

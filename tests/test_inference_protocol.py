@@ -64,8 +64,13 @@ def test_decompress_gzip_and_deflate(coding: str, packed: bytes) -> None:
 def test_decompression_bomb_is_refused_at_the_limit() -> None:
     bomb = gzip.compress(bytes(50_000_000))
     assert len(bomb) < 100_000
-    with pytest.raises(BodyTooLarge, match="inflates past the limit of 1000000 bytes") as caught:
+    with pytest.raises(BodyTooLarge, match=r"inflates past the limit of 976\.6 KiB$") as caught:
         decompress(bomb, "gzip", limit=1_000_000)
+    with pytest.raises(BodyTooLarge) as named:
+        decompress(bomb, "gzip", limit=8 * 1024 * 1024, setting="DIGITSERVE_MAX_BODY_BYTES")
+    assert named.value.detail == (
+        "the gzip body inflates past the limit of 8 MiB, set by DIGITSERVE_MAX_BODY_BYTES=8388608"
+    )
     assert caught.value.extra == {"limit": 1_000_000}
     with pytest.raises(BodyTooLarge):
         decompress(zlib.compress(bytes(2_000_001)), "deflate", limit=2_000_000)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from digitserve.settings import Settings
+from digitserve.settings import Settings, env_name
 from tests.conftest import MODEL_PATH
 
 
@@ -83,3 +83,11 @@ def test_header_limit_is_checked() -> None:
     assert settings.max_header_bytes == 64 * 1024
     with pytest.raises(ValidationError):
         Settings(model_path=MODEL_PATH, max_header_bytes=100)
+
+
+def test_env_name_is_the_variable_that_sets_a_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env_name("max_body_bytes") == "DIGITSERVE_MAX_BODY_BYTES"
+    monkeypatch.setenv(env_name("max_body_bytes"), "4096")
+    assert Settings().max_body_bytes == 4096
+    with pytest.raises(KeyError):
+        env_name("max_body_size")

@@ -28,6 +28,7 @@ from digitserve.batching import MicroBatcher
 from digitserve.classifier import Classifier, Prediction
 from digitserve.errors import (
     DigitserveError,
+    ImageTooLarge,
     InvalidInput,
     ModelControlDisabled,
     ModelLoadError,
@@ -45,7 +46,7 @@ from digitserve.preprocessing import (
     read_digit,
 )
 from digitserve.repository import ModelConfig, ModelRepository, State, VersionStatus
-from digitserve.settings import Settings
+from digitserve.settings import Settings, env_name
 
 logger = logging.getLogger("digitserve")
 
@@ -235,7 +236,13 @@ class DataPlane:
     def open(self, data: bytes) -> OpenedImage:
         """An image's header read and checked against the limits, its size recorded."""
         self.metrics.image_bytes.observe(len(data))
-        return open_image(data, max_pixels=self.settings.max_image_pixels)
+        try:
+            return open_image(data, max_pixels=self.settings.max_image_pixels)
+        except ImageTooLarge as exc:
+            # Its message ends with the limit; the operator also needs the setting that sets it.
+            raise ImageTooLarge(
+                f"{exc.detail}, set by {env_name('max_image_pixels')}", **exc.extra
+            ) from exc
 
     def read(self, image: OpenedImage) -> Preprocessed:
         """Decode and read an opened image, recording the decode and preprocess times."""
@@ -257,7 +264,11 @@ class DataPlane:
         if not shape or shape[0] == 0:
             raise InvalidInput(f"{what} is empty: shape {list(shape)}")
         if shape[0] > limit:
-            raise TooManyImages(f"{what} holds {shape[0]} rows; the limit is {limit}", limit=limit)
+            raise TooManyImages(
+                f"{what} holds {shape[0]} rows; the limit is {limit}, set by "
+                f"{env_name('max_images_per_request')}",
+                limit=limit,
+            )
 
     async def off_loop(self, work: Callable[[], Result], *, quick: bool) -> Result:
         """Run CPU work here when it is surely quick, else on a bounded worker thread.

@@ -234,6 +234,19 @@ class ModelLoadError(Exception):
     """The model file cannot be served; the service refuses to start."""
 
 
+def byte_size(count: int) -> str:
+    """A byte count as people read it: `10 MiB`, `10.3 MiB`, `3.9 KiB`, `512 bytes`."""
+    for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if count >= size:
+            return f"{count / size:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{count} bytes"
+
+
+def byte_limit(limit: int, setting: str | None) -> str:
+    """A byte limit as people read it, and the setting that raises it (with its value in bytes)."""
+    return byte_size(limit) + ("" if setting is None else f", set by {setting}={limit}")
+
+
 def problem(error: DigitserveError, request_id: str | None) -> dict[str, Any]:
     """Render an error as the RFC 9457 problem document every 4xx/5xx uses."""
     body: dict[str, Any] = {

@@ -24,7 +24,13 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from digitserve.errors import BodyTooLarge, InvalidInput, TooManyElements, UnsupportedMediaType
+from digitserve.errors import (
+    BodyTooLarge,
+    InvalidInput,
+    TooManyElements,
+    UnsupportedMediaType,
+    byte_limit,
+)
 from digitserve.schemas import InferenceRequest, InferenceRequestOutput
 
 NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
@@ -92,17 +98,23 @@ class DecodedRequest:
         return self.raw
 
 
-def decompress(body: bytes, encoding: str | None, *, limit: int) -> bytes:
-    """Undo a gzip or deflate `Content-Encoding`, refusing output past `limit` bytes (bombs)."""
+def decompress(
+    body: bytes, encoding: str | None, *, limit: int, setting: str | None = None
+) -> bytes:
+    """Undo a gzip or deflate `Content-Encoding`, refusing output past `limit` bytes (bombs).
+
+    `setting` names the environment variable that sets the limit, for the 413 to say.
+    """
     coding = (encoding or "identity").strip().lower()
     if coding == "identity":
         return body
     if coding in ("gzip", "x-gzip"):
-        return _inflate(body, 16 + zlib.MAX_WBITS, "gzip", limit)
+        return _inflate(body, 16 + zlib.MAX_WBITS, "gzip", byte_limit(limit, setting), limit)
     if coding == "deflate":
         # RFC 9110's deflate is the zlib format; some clients send a bare deflate stream instead.
         wrapped = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
-        return _inflate(body, zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS, "deflate", limit)
+        wbits = zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS
+        return _inflate(body, wbits, "deflate", byte_limit(limit, setting), limit)
     raise UnsupportedMediaType(
         f"Content-Encoding {encoding!r} is not accepted; send one of: {', '.join(CONTENT_CODINGS)}",
         headers={"Accept-Encoding": "gzip, deflate"},
@@ -110,7 +122,7 @@ def decompress(body: bytes, encoding: str | None, *, limit: int) -> bytes:
     )
 
 
-def _inflate(body: bytes, wbits: int, name: str, limit: int) -> bytes:
+def _inflate(body: bytes, wbits: int, name: str, limit_text: str, limit: int) -> bytes:
     """Decompress in bounded steps; gzip may hold several members back to back.
 
     The input goes to zlib a step at a time: at a member's end zlib copies the input it was given
@@ -128,7 +140,7 @@ def _inflate(body: bytes, wbits: int, name: str, limit: int) -> bytes:
             out += inflater.decompress(data, limit + 1 - len(out))
             if len(out) > limit:
                 raise BodyTooLarge(
-                    f"the {name} body inflates past the limit of {limit} bytes", limit=limit
+                    f"the {name} body inflates past the limit of {limit_text}", limit=limit
                 )
             # Short of the output bound, zlib has used all the input it was given.
             if inflater.eof:

@@ -12,11 +12,13 @@ from digitserve.auth import check_keys, read_key_file
 
 MIB = 1024 * 1024
 
+ENV_PREFIX = "DIGITSERVE_"
+
 
 class Settings(BaseSettings):
     """Everything an operator can set; validated once at start-up, then passed explicitly."""
 
-    model_config = SettingsConfigDict(env_prefix="DIGITSERVE_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     model_path: Path | None = None
     """One model to host as `model_name`, overriding the repository: a model file (pickle,
@@ -187,3 +189,10 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(64 * 1024, ge=4096)
     """Largest request line plus headers, however they arrive; larger ones are refused with 400
     `invalid_input` and the connection closed (httptools alone would buffer heads of any size)."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a field (`max_body_bytes`: DIGITSERVE_MAX_BODY_BYTES)."""
+    if field not in Settings.model_fields:
+        raise KeyError(f"no setting {field!r}")
+    return ENV_PREFIX + field.upper()

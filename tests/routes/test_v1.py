@@ -334,13 +334,19 @@ def test_413_body_over_the_byte_limit(settings: Settings, classifier: Any) -> No
         )
         body = assert_problem(response, 413, "body_too_large")
         assert body["limit"] == 2048
+        assert body["detail"] == (
+            "request body is 4 KiB (4096 bytes); the limit is 2 KiB, set by "
+            "DIGITSERVE_MAX_BODY_BYTES=2048"
+        )
 
         def chunks() -> Any:
             yield b"\0" * 1500
             yield b"\0" * 1500
 
         streamed = client.post(PREDICT, content=chunks(), headers={"content-type": "image/jpeg"})
-        assert_problem(streamed, 413, "body_too_large")
+        assert assert_problem(streamed, 413, "body_too_large")["detail"] == (
+            "request body exceeds the limit of 2 KiB, set by DIGITSERVE_MAX_BODY_BYTES=2048"
+        )
 
 
 def test_413_image_over_the_pixel_limit(
@@ -351,7 +357,11 @@ def test_413_image_over_the_pixel_limit(
         response = client.post(
             PREDICT, content=render(seven, 64), headers={"content-type": "image/jpeg"}
         )
-    assert assert_problem(response, 413, "image_too_large")["limit"] == 1000
+    body = assert_problem(response, 413, "image_too_large")
+    assert body["limit"] == 1000
+    assert body["detail"] == (
+        "image is 64x64 = 4096 pixels; the limit is 1000, set by DIGITSERVE_MAX_IMAGE_PIXELS"
+    )
 
 
 def test_413_too_many_images(client: TestClient, render: Renderer, seven: Any) -> None:
@@ -360,7 +370,10 @@ def test_413_too_many_images(client: TestClient, render: Renderer, seven: Any) -
         assert_problem(client.post(PREDICT, json=too_many), 413, "too_many_images")["limit"] == 64
     )
     files = [("image", (f"{i}.jpg", render(seven), "image/jpeg")) for i in range(65)]
-    assert_problem(client.post(PREDICT, files=files), 413, "too_many_images")
+    assert assert_problem(client.post(PREDICT, files=files), 413, "too_many_images")["detail"] == (
+        "more than 64 parts in one request; the limit is 64, set by "
+        "DIGITSERVE_MAX_IMAGES_PER_REQUEST"
+    )
 
 
 def test_413_json_with_more_values_than_its_instances_can_hold(
@@ -383,7 +396,7 @@ def test_413_json_with_more_values_than_its_instances_can_hold(
         assert body["limit"] == 64
         assert body["detail"] == (
             "the JSON body holds more values than 64 instances of 64 pixels; "
-            "the limit is 64 instances"
+            "the limit is 64 instances, set by DIGITSERVE_MAX_IMAGES_PER_REQUEST"
         )
     with TestClient(create_app(two, classifier)) as client:
         ok = client.post(PREDICT, json={"instances": [seven.tolist()] * 2})

@@ -548,7 +548,10 @@ def test_body_over_the_byte_limit_is_413(classifier: Classifier) -> None:
     with TestClient(create_app(small, classifier)) as client:
         response = client.post(INFER, content=b"{" + b" " * 4000 + b"}")
     body = assert_problem(response, 413, "body_too_large")
-    assert body["error"] == "request body is 4002 bytes; the limit is 2048"
+    assert body["error"] == (
+        "request body is 3.9 KiB (4002 bytes); the limit is 2 KiB, set by "
+        "DIGITSERVE_MAX_BODY_BYTES=2048"
+    )
 
 
 def image_input(*elements: str) -> dict[str, Any]:
@@ -746,7 +749,9 @@ def test_too_many_images_is_413(client: TestClient, seven: NDArray[np.int64]) ->
         413,
         "too_many_images",
     )
-    assert body["error"] == "input 'pixels' holds 65 rows; the limit is 64"
+    assert body["error"] == (
+        "input 'pixels' holds 65 rows; the limit is 64, set by DIGITSERVE_MAX_IMAGES_PER_REQUEST"
+    )
     body = assert_problem(
         client.post(INFER, content=orjson.dumps({"inputs": [image_input(*["AAAA"] * 65)]})),
         413,

@@ -7,7 +7,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from digitserve.errors import BodyTooLarge, InvalidInput, TooManyImages
+from digitserve.errors import BodyTooLarge, InvalidInput, TooManyImages, byte_limit, byte_size
 
 
 def media_type_of(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
@@ -18,8 +18,10 @@ def media_type_of(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
     return media_type.decode("latin-1").strip().lower(), options
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, *, setting: str | None = None) -> bytes:
     """Read the whole body, refusing it as soon as it is known to exceed `limit` bytes.
+
+    `setting` names the environment variable that sets the limit, for the 413 to say.
 
     The pieces are written to one buffer as they arrive, which then becomes the body without a
     copy, rather than kept and joined: kept, the pieces of a large body (a few hundred KiB each)
@@ -28,18 +30,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     client that declares 10 MB and sends nothing would hold 10 MB.
     """
     declared = request.headers.get("content-length")
+    the_limit = byte_limit(limit, setting)
     if declared is not None:
         if not declared.isdigit():
             raise InvalidInput("Content-Length must be a non-negative integer")
         if int(declared) > limit:
             raise BodyTooLarge(
-                f"request body is {declared} bytes; the limit is {limit}", limit=limit
+                f"request body is {byte_size(int(declared))} ({declared} bytes); the limit is "
+                f"{the_limit}",
+                limit=limit,
             )
     buffer = io.BytesIO()
     try:
         async for chunk in request.stream():
             if buffer.tell() + len(chunk) > limit:
-                raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes", limit=limit)
+                raise BodyTooLarge(f"request body exceeds the limit of {the_limit}", limit=limit)
             buffer.write(chunk)
     except ClientDisconnect as exc:
         raise InvalidInput("the client closed the connection before the body was complete") from exc
@@ -56,8 +61,14 @@ class Part:
     data: bytearray = field(default_factory=bytearray)
 
 
-def parse_multipart(body: bytes, boundary: bytes, *, max_parts: int) -> list[Part]:
-    """Split a multipart body in memory (never spooled to disk), with a bound on the part count."""
+def parse_multipart(
+    body: bytes, boundary: bytes, *, max_parts: int, setting: str | None = None
+) -> list[Part]:
+    """Split a multipart body in memory (never spooled to disk), with a bound on the part count.
+
+    `setting` names the environment variable that sets the bound, for the 413 to say.
+    """
+    named = "" if setting is None else f", set by {setting}"
     parts: list[Part] = []
     header_field = bytearray()
     header_value = bytearray()
@@ -68,7 +79,7 @@ def parse_multipart(body: bytes, boundary: bytes, *, max_parts: int) -> list[Par
         nonlocal current
         if len(parts) >= max_parts:
             raise TooManyImages(
-                f"more than {max_parts} parts in one request; the limit is {max_parts}",
+                f"more than {max_parts} parts in one request; the limit is {max_parts}{named}",
                 limit=max_parts,
             )
         current = Part()

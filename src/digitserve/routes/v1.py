@@ -42,6 +42,7 @@ from digitserve.schemas import (
     PredictResponse,
     problem_responses,
 )
+from digitserve.settings import env_name
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -314,7 +315,7 @@ async def _predict(request: Request, served: ServedModel) -> Response:
     with_pixels = _with_pixels(request)
     dataplane = get_dataplane(request)
     settings = dataplane.settings
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes, setting=env_name("max_body_bytes"))
     state = request.state
     setattr(state, BODY_BYTES_KEY, len(body))
     setattr(state, MODEL_KEY, (served.name, served.version))
@@ -455,7 +456,9 @@ def _multipart_features(
     body: bytes, boundary: bytes, limit: int, dataplane: DataPlane
 ) -> list[Preprocessed]:
     """Features of every `image` part, in order."""
-    parts = parse_multipart(body, boundary, max_parts=limit)
+    parts = parse_multipart(
+        body, boundary, max_parts=limit, setting=env_name("max_images_per_request")
+    )
     unexpected = sorted({part.name for part in parts if part.name != MULTIPART_FIELD})
     if unexpected:
         raise InvalidInput(
@@ -485,7 +488,9 @@ def _json_features(body: bytes, limit: int, dataplane: DataPlane) -> list[Prepro
         raise InvalidInput('"instances" must be a non-empty list')
     if len(instances) > limit:
         raise TooManyImages(
-            f"{len(instances)} instances in one request; the limit is {limit}", limit=limit
+            f"{len(instances)} instances in one request; the limit is {limit}, set by "
+            f"{env_name('max_images_per_request')}",
+            limit=limit,
         )
     return each_item(instances, functools.partial(_instance_features, dataplane=dataplane))
 
@@ -503,7 +508,7 @@ def _check_value_count(body: bytes, limit: int) -> None:
     if body.count(b",") >= limit * N_FEATURES:
         raise TooManyImages(
             f"the JSON body holds more values than {limit} instances of {N_FEATURES} pixels; "
-            f"the limit is {limit} instances",
+            f"the limit is {limit} instances, set by {env_name('max_images_per_request')}",
             limit=limit,
         )
 

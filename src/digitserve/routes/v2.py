@@ -52,6 +52,7 @@ from digitserve.schemas import (
     ServerReady,
     problem_responses,
 )
+from digitserve.settings import env_name
 
 WantedOutput = tuple[str, bool, int | None]
 """An output a request asks for: its name, whether binary, and any top-k count."""
@@ -249,7 +250,7 @@ async def _infer(request: Request, served: ServedModel) -> Response:
     """Read the body within the limits, run the CPU work (off the loop when big), and answer."""
     dataplane = get_dataplane(request)
     settings = dataplane.settings
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes, setting=env_name("max_body_bytes"))
     setattr(request.state, BODY_BYTES_KEY, len(body))
     setattr(request.state, MODEL_KEY, (served.name, served.version))
     encoding = request.headers.get("content-encoding")
@@ -270,7 +271,9 @@ async def _infer(request: Request, served: ServedModel) -> Response:
     else:
 
         def work() -> tuple[DecodedRequest, list[WantedOutput], Rows]:
-            plain = decompress(body, encoding, limit=settings.max_body_bytes)
+            plain = decompress(
+                body, encoding, limit=settings.max_body_bytes, setting=env_name("max_body_bytes")
+            )
             parsed = parse_request(
                 plain, header_length(length, len(plain)), raw_input=IMAGE, max_elements=max_elements
             )
