@@ -44,13 +44,27 @@ def test_the_fuzzed_documents_declare_what_they_should() -> None:
     assert len(list(open_schema.get_all_operations())) >= 7
 
 
+def call_and_validate(case: schemathesis.Case[Any]) -> None:
+    """Call an operation and check its answer against the document.
+
+    Bodies that match the schema of the prediction routes (any bytes for an image, any string for
+    base64) are mostly no image of a digit, and rightly refused with 400, 413, 415 or 422: a schema
+    cannot say "a JPEG of a digit", so those routes are not held to accepting every one of them.
+    """
+    operation = case.operation
+    if operation.method.upper() == "POST" and operation.path.endswith((":predict", "/infer")):
+        case.call_and_validate(excluded_checks=[schemathesis.checks.positive_data_acceptance])
+    else:
+        case.call_and_validate()
+
+
 @open_schema.parametrize()
 @FUZZ
 def test_every_operation_keeps_its_contract(case: schemathesis.Case[Any]) -> None:
-    case.call_and_validate()
+    call_and_validate(case)
 
 
 @keyed_schema.parametrize()
 @FUZZ
 def test_every_operation_keeps_its_contract_with_a_key(case: schemathesis.Case[Any]) -> None:
-    case.call_and_validate()
+    call_and_validate(case)

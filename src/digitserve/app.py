@@ -43,7 +43,7 @@ from digitserve.metrics import Metrics
 from digitserve.middleware import TrafficMiddleware
 from digitserve.routes import health, metrics, page, repository, v1, v2
 from digitserve.routes.direct import DirectRoute, DirectRoutes, problem_response
-from digitserve.schemas import REQUEST_SCHEMAS
+from digitserve.schemas import REQUEST_SCHEMAS, problem_examples
 from digitserve.settings import Settings
 from digitserve.shutdown import drain_on_sigterm
 
@@ -270,6 +270,12 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return problem_response(request, InvalidInput(f"invalid request: {reasons}"))
 
 
+PATH_EXAMPLES = {"model_version": "1"}
+"""Values Swagger UI fills in for path parameters (`model_name`: the default model's name)."""
+
+_FRAMEWORK_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with the schemas of bodies that handlers read by hand."""
     if app.openapi_schema is None:
@@ -283,10 +289,44 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema.setdefault("components", {}).setdefault("schemas", {}).update(
             definitions.get("$defs", {})
         )
+        examples = {**PATH_EXAMPLES, "model_name": app.state.settings.model_name}
+        _as_served(schema, examples)
         if app.state.key_ring is not None:
             _document_api_keys(schema, app.state.key_ring)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _as_served(schema: dict[str, Any], examples: dict[str, str]) -> None:
+    """Document what the service answers, not what FastAPI would have, and fill in examples.
+
+    FastAPI declares a 422 `HTTPValidationError` on every route with parameters, and every error
+    as `application/json` too; the service answers bad parameters with a 400 problem document,
+    and every error as `application/problem+json` only. Each error status gets examples of its
+    own codes: without them Swagger UI shows the schema's one example under every status.
+    """
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            for status, response in list(responses.items()):
+                content = response.get("content", {})
+                if any(_is_framework_schema(entry) for entry in content.values()):
+                    del responses[status]
+                elif PROBLEM_MEDIA_TYPE in content:
+                    content.pop("application/json", None)
+                    problems = content[PROBLEM_MEDIA_TYPE]
+                    problems.setdefault("examples", problem_examples(int(status)))
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] in examples:
+                    parameter["example"] = examples[parameter["name"]]
+    for name in _FRAMEWORK_SCHEMAS:
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+
+
+def _is_framework_schema(media: dict[str, Any]) -> bool:
+    """Whether a response's content is FastAPI's validation error, which is never sent."""
+    reference = str(media.get("schema", {}).get("$ref", ""))
+    return reference.rsplit("/", 1)[-1] in _FRAMEWORK_SCHEMAS
 
 
 def _document_api_keys(schema: dict[str, Any], ring: KeyRing) -> None:
@@ -297,7 +337,12 @@ def _document_api_keys(schema: dict[str, Any], ring: KeyRing) -> None:
     }
     unauthorized = {
         "description": "No valid API key (`unauthorized`); see the WWW-Authenticate header.",
-        "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "content": {
+            PROBLEM_MEDIA_TYPE: {
+                "schema": {"$ref": "#/components/schemas/Problem"},
+                "examples": problem_examples(401),
+            }
+        },
     }
     for path, operations in schema.get("paths", {}).items():
         if not ring.guards(path):

@@ -1,11 +1,32 @@
 """Request and response bodies as documented in OpenAPI ("model" means the classifier here)."""
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from digitserve.errors import PROBLEM_MEDIA_TYPE
+from digitserve.errors import (
+    PROBLEM_MEDIA_TYPE,
+    BlankImage,
+    BodyTooLarge,
+    DigitserveError,
+    ImageTooComplex,
+    ImageTooLarge,
+    ImageTooSmall,
+    InvalidImage,
+    InvalidInput,
+    ModelControlDisabled,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    TooManyElements,
+    TooManyImages,
+    Unauthorized,
+    UnsupportedMediaType,
+    VersionNotFound,
+    problem,
+)
 
 Include = Literal["pixels"]
 
@@ -426,18 +447,93 @@ class ModelReady(BaseModel):
     ready: bool
 
 
+EXAMPLE_REQUEST_ID = "5f0c7c1a9b2e4a8f"
+
+EXAMPLE_ERRORS: tuple[DigitserveError, ...] = (
+    InvalidImage("could not decode the image/jpeg image: it is truncated or corrupt"),
+    InvalidInput(
+        'item 0: a bare string is not an instance; send an image as {"b64": "<base64 of the '
+        'JPEG or PNG>"}'
+    ),
+    Unauthorized("an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>"),
+    ModelControlDisabled(
+        "explicit model load is not allowed in model control mode 'none'; start the server with "
+        "--model-control-mode explicit"
+    ),
+    ModelNotFound("no model named 'cats'; this server hosts 'digits'"),
+    VersionNotFound("model 'digits' has no version '9'; its versions: 1"),
+    BodyTooLarge(
+        "request body is 10.3 MiB (10844757 bytes); the limit is 10 MiB, set by "
+        "DIGITSERVE_MAX_BODY_BYTES=10485760",
+        limit=10485760,
+    ),
+    ImageTooLarge(
+        "image is 8000x6000 = 48000000 pixels; the limit is 40000000, set by "
+        "DIGITSERVE_MAX_IMAGE_PIXELS",
+        limit=40000000,
+    ),
+    ImageTooComplex(
+        "the JPEG holds more than 256 scans; each scan is another pass over the whole image",
+        limit=256,
+    ),
+    TooManyImages(
+        "65 instances in one request; the limit is 64, set by DIGITSERVE_MAX_IMAGES_PER_REQUEST",
+        limit=64,
+    ),
+    TooManyElements(
+        "input 'image': shape [100000] holds 100000 BYTES elements; a request may carry at most "
+        "4096",
+        limit=4096,
+    ),
+    UnsupportedMediaType(
+        "image/gif images are not accepted; send one of: image/jpeg, image/png",
+        accepted=["image/jpeg", "image/png"],
+    ),
+    ImageTooSmall("image is 4x4; a digit needs at least 8x8"),
+    BlankImage("the image has no ink: nothing stands out from the paper"),
+    ModelNotReady("the models are not ready to serve; retry shortly"),
+    Overloaded(
+        "this worker is at its limit of 64 requests in flight; retry",
+        headers={"Retry-After": "1"},
+        limit=64,
+    ),
+)
+"""One real problem document per error code that routes document, shown in Swagger UI."""
+
+_CODE = re.compile(r"`([a-z_]+)`")
+
+
+def problem_examples(status: int, description: str = "") -> dict[str, dict[str, Any]]:
+    """OpenAPI examples of one status: the codes its description names, else all of its codes."""
+    named = set(_CODE.findall(description))
+    errors = [error for error in EXAMPLE_ERRORS if error.status == status]
+    chosen = [error for error in errors if error.code in named] or errors
+    return {
+        error.code: {"summary": error.title, "value": problem(error, EXAMPLE_REQUEST_ID)}
+        for error in chosen
+    }
+
+
 def problem_responses(
     descriptions: dict[int, str], *statuses: int
 ) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can answer with, as problem+json."""
-    return {
-        status: {
+    """OpenAPI entries for the error statuses a route can answer with, as problem+json.
+
+    Each comes with examples of its own codes (Swagger UI shows one status's example for every
+    status otherwise: the schema's).
+    """
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        content = {
+            "schema": {"$ref": "#/components/schemas/Problem"},
+            "examples": problem_examples(status, descriptions[status]),
+        }
+        responses[status] = {
             "model": Problem,
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "content": {PROBLEM_MEDIA_TYPE: content},
             "description": descriptions[status],
         }
-        for status in statuses
-    }
+    return responses
 
 
 REQUEST_SCHEMAS: tuple[type[BaseModel], ...] = (PredictRequest, InferenceRequest)

@@ -96,14 +96,18 @@ def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 _STATUS_DESCRIPTIONS = {
     400: "Undecodable image or malformed request (`invalid_image`, `invalid_input`).",
-    404: "No model of that name (`model_not_found`).",
-    413: "Over a limit: body bytes (refused before reading), image pixels (from the header), or "
-    "images per request (`body_too_large`, `image_too_large`, `too_many_images`).",
+    404: "No model of that name, or no such version of it (`model_not_found`, "
+    "`version_not_found`).",
+    413: "Over a limit: body bytes (refused before reading), image pixels (from the header), "
+    "decoding work (JPEG scans and segments, PNG chunks), or images per request "
+    "(`body_too_large`, `image_too_large`, `image_too_complex`, `too_many_images`); the message "
+    "names the setting that raises it.",
     415: "An image format other than JPEG or PNG, or a body that is no image (nor JSON) under a "
     "Content-Type not accepted; `accepted` lists the types that are (`unsupported_media_type`).",
     422: "A valid image that cannot be a digit: smaller than 8x8 or blank "
     "(`image_too_small`, `blank_image`).",
-    503: "Model not ready (`model_not_ready`).",
+    503: "Model not ready (`model_not_ready`), or this worker at its bound of requests in flight "
+    "(`overloaded`, with Retry-After).",
 }
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
