@@ -19,6 +19,7 @@ from digitserve.evaluation import (
     evaluate,
     format_summary,
     local_reader,
+    matrix_table,
     read_samples,
     summarise,
     write_report,
@@ -78,15 +79,17 @@ def test_evaluate_prints_accuracy_groups_confusion_slowest_and_worst(
     slowest = lines.index("slowest images")
     assert re.fullmatch(r"\s+\d+\.\d\d ms  \w+/\d{4}_\d\.(png|jpg)", lines[slowest + 1])
     assert "worst images (refused, then lowest score for the true digit)" in lines
-    assert "evaluating [" in err
-    assert err.rstrip().endswith(f"{int(first[3])}/{int(first[3])}")
+    assert err == ""  # no progress bar off a terminal
     assert f"wrote {report}" in out
     text = report.read_text()
     assert "| group | images | accuracy | refused | mean ms |" in text
-    assert "![confusion matrix](report-confusion.png)" in text
+    assert "| true \\ predicted | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | x |" in text
+    table = [line for line in text.splitlines() if line.startswith("| **")]
+    assert [cells.split(" | ")[0] for cells in table] == [f"| **{d}**" for d in range(10)]
+    assert "![confusion matrix: true digit down, predicted digit across]" in text
     with Image.open(tmp_path / "report-confusion.png") as picture:
         assert picture.format == "PNG"
-        assert picture.size == (36 * 12 + 1, 36 * 11 + 1)
+        assert picture.size == (18 + 36 * 12 + 1, 18 + 36 * 11 + 1)
 
 
 def test_the_plain_pipeline_is_measurably_worse(
@@ -185,15 +188,83 @@ def test_confusion_picture_shades_rows_by_share() -> None:
     confusion[3, 3] = 9
     confusion[3, 8] = 1
     picture = draw_confusion(confusion, cell=20)
-    assert picture.size == (20 * 12 + 1, 20 * 11 + 1)
+    assert picture.size == (10 + 20 * 12 + 1, 10 + 20 * 11 + 1)
     pixels = np.asarray(picture)
-    row = 20 + 3 * 20 + 2
-    diagonal, wrong, empty = (pixels[row, 20 + column * 20 + 2] for column in (3, 8, 5))
+    row = 30 + 3 * 20 + 2
+    diagonal, wrong, empty = (pixels[row, 30 + column * 20 + 2] for column in (3, 8, 5))
     assert diagonal[2] == 255
     assert diagonal[0] < 60
     assert wrong[0] == 255
     assert 200 < wrong[1] < 240
     assert empty.tolist() == [255, 255, 255]
+
+
+def test_confusion_picture_titles_its_axes() -> None:
+    picture = np.asarray(draw_confusion(np.zeros((10, 11), dtype=np.int64)).convert("L"))
+    top, left = picture[:18, 54:], picture[54:, :18]  # the title bands, past the corner
+    assert top.min() < 128  # "predicted", written across the top
+    assert left.min() < 128  # "true", written down the left
+    ink_rows = np.flatnonzero(left.min(axis=1) < 128)
+    ink_columns = np.flatnonzero(top.min(axis=0) < 128)
+    assert np.ptp(ink_rows) > np.ptp(np.flatnonzero(left.min(axis=0) < 128))  # turned upright
+    assert np.ptp(ink_columns) > np.ptp(ink_rows)  # "predicted" is the longer word
+
+
+def test_the_matrix_table_puts_true_down_and_predicted_across() -> None:
+    confusion = np.zeros((10, 11), dtype=np.int64)
+    confusion[3, 8] = 2
+    confusion[7, 10] = 1
+    lines = matrix_table(confusion).splitlines()
+    assert len(lines) == 12
+    assert lines[1] == "| ---: |" + " ---: |" * 11
+    assert lines[2 + 3] == "| **3** | 0 | 0 | 0 | **0** | 0 | 0 | 0 | 0 | 2 | 0 | 0 |"
+    assert lines[2 + 7].endswith("| **0** | 0 | 0 | 1 |")
+
+
+def test_the_report_folder_is_made_and_a_folder_gets_report_md(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = tmp_path / "not" / "there" / "eval.md"
+    status, out, err = run_evaluate(
+        capsys, str(DATA_DIR), "--model", str(MODEL_PATH), "--report", str(deep)
+    )
+    assert (status, err) == (0, "")
+    assert out.endswith(f"wrote {deep} and {deep.with_name('eval-confusion.png')}\n")
+    folder = tmp_path / "reports"
+    status, out, _ = run_evaluate(
+        capsys, str(DATA_DIR), "--model", str(MODEL_PATH), "--report", f"{folder}/"
+    )
+    assert status == 0
+    assert (folder / "report.md").is_file()
+    assert (folder / "report-confusion.png").is_file()
+
+
+def test_an_unwritable_report_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    report = blocker / "report.md"
+    status, out, err = run_evaluate(capsys, str(DATA_DIR), "--report", str(report))
+    assert (status, out) == (2, "")
+    assert err.startswith(f"digitserve: cannot write the report to {report}: ")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "message"),
+    [
+        ("localhost:8000", 2, "digitserve: --url must start with http:// or https:// (got "),
+        ("http://127.0.0.1:1", 1, "digitserve: cannot reach http://127.0.0.1:1: "),
+    ],
+)
+def test_a_bad_url_ends_in_one_line(
+    url: str, status: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_evaluate(capsys, str(DATA_DIR), "--url", url)
+    assert (code, out) == (status, "")
+    assert err.startswith(message)
+    assert err.count("\n") == 1
 
 
 def test_manifest_rows_match_the_files(small_evalset: Path) -> None:

@@ -200,10 +200,14 @@ def remote_reader(url: str, model: str = "digits", timeout: float = 60.0) -> Rea
         except urllib.error.HTTPError as exc:
             problem = _problem_of(exc)
             raise RemoteError(problem.get("detail", str(exc)), code=problem.get("code")) from exc
-        [prediction] = body["predictions"]
-        scores = prediction.get("probabilities") or prediction.get("decision_scores") or {}
-        codes = tuple(entry["code"] for entry in prediction.get("warnings", []))
-        return int(prediction["label"]), prediction.get("confidence"), scores, codes
+        try:
+            [prediction] = body["predictions"]
+            scores = prediction.get("probabilities") or prediction.get("decision_scores") or {}
+            codes = tuple(entry["code"] for entry in prediction.get("warnings", []))
+            return int(prediction["label"]), prediction.get("confidence"), scores, codes
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Not a digitserve answer: the whole run stops with one line, as for a wrong URL.
+            raise ValueError(f"{endpoint} answered without a prediction: {body!r:.200}") from exc
 
     return read
 
@@ -336,9 +340,11 @@ Source: `{summary.source}`. Accuracy **{summary.accuracy:.4f}**
 
 ## Confusion matrix
 
-Rows are the true digit, columns the digit read (`x`: the image was refused).
+Rows are the true digit, columns the digit predicted (`x`: the image was refused).
 
-![confusion matrix]({picture.name})
+{matrix_table(summary.confusion)}
+
+![confusion matrix: true digit down, predicted digit across]({picture.name})
 
 ## Slowest images
 
@@ -364,6 +370,19 @@ Refused images first, then the lowest score given to the true digit.
     return picture
 
 
+def matrix_table(confusion: NDArray[np.int64]) -> str:
+    """The confusion matrix as a markdown table: true digit down, predicted digit across."""
+    columns = [str(c) for c in CLASSES] + [REFUSED]
+    lines = [
+        "| true \\ predicted | " + " | ".join(columns) + " |",
+        "| ---: |" + " ---: |" * len(columns),
+    ]
+    for digit, row in zip(CLASSES, confusion, strict=True):
+        cells = [f"**{n}**" if column == digit else str(n) for column, n in enumerate(row)]
+        lines.append(f"| **{digit}** | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _worst_row(outcome: Outcome) -> str:
     """One wrong answer as a markdown table row."""
     read = "refused" if outcome.predicted is None else str(outcome.predicted)
@@ -373,30 +392,51 @@ def _worst_row(outcome: Outcome) -> str:
 
 
 def draw_confusion(confusion: NDArray[np.int64], cell: int = 36) -> Image.Image:
-    """The confusion matrix as a picture: each row shaded by its share, counts written in."""
+    """The confusion matrix as a picture: rows shaded by their shares, counts, axes titled.
+
+    "true" runs down the left, "predicted" across the top.
+    """
     rows, columns = confusion.shape
-    margin = cell
-    image = Image.new("RGB", (margin + columns * cell + 1, margin + rows * cell + 1), "white")
+    title = cell // 2  # the band that holds an axis title
+    left, top = title + cell, title + cell
+    image = Image.new("RGB", (left + columns * cell + 1, top + rows * cell + 1), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
+    _write(draw, font, "predicted", (left, 0, left + columns * cell, title))
+    side = Image.new("RGB", (rows * cell, title), "white")
+    _write(ImageDraw.Draw(side), font, "true", (0, 0, rows * cell, title))
+    image.paste(side.rotate(90, expand=True), (0, top))
     totals = np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     shares = confusion / totals
     labels = [str(c) for c in CLASSES] + [REFUSED]
     for column, text in enumerate(labels):
-        _centred(draw, font, text, (margin + column * cell, 0), cell, "black")
+        _centred(draw, font, text, (left + column * cell, title), cell, "black")
     for row in range(rows):
-        _centred(draw, font, str(row), (0, margin + row * cell), cell, "black")
+        _centred(draw, font, str(row), (title, top + row * cell), cell, "black")
         for column in range(columns):
             share = float(shares[row, column])
             on_diagonal = row == column
             shade = int(255 * (1 - share))
             fill = (shade, shade, 255) if on_diagonal else (255, shade, shade)
-            x, y = margin + column * cell, margin + row * cell
+            x, y = left + column * cell, top + row * cell
             draw.rectangle((x, y, x + cell, y + cell), fill=fill, outline=(200, 200, 200))
             if confusion[row, column]:
                 colour = "white" if share > 0.5 else "black"
                 _centred(draw, font, str(confusion[row, column]), (x, y), cell, colour)
     return image
+
+
+def _write(
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    text: str,
+    box: tuple[int, int, int, int],
+) -> None:
+    """Write an axis title centred in a box."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x = box[0] + (box[2] - box[0] - (right - left)) / 2 - left
+    y = box[1] + (box[3] - box[1] - (bottom - top)) / 2 - top
+    draw.text((x, y), text, fill="black", font=font)
 
 
 def _centred(
