@@ -216,7 +216,7 @@ def test_evaluate_through_the_running_service_matches_the_local_run(
     )
     remote_groups = parse_groups(result.stdout)
     assert remote_groups == {g.group: (g.images, round(g.accuracy, 4)) for g in local.groups}
-    assert "evaluating [" in result.stderr
+    assert result.stderr == ""  # no progress bar into a pipe
 
 
 def test_evaluate_reports_an_unreachable_service(small_evalset: Path) -> None:
@@ -236,8 +236,9 @@ def test_evaluate_reports_an_unreachable_service(small_evalset: Path) -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1].startswith("digitserve: cannot evaluate: ")
-    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("digitserve: cannot reach http://127.0.0.1:")
+    assert line.endswith("Connection refused")
 
 
 def test_evaluate_through_the_service_counts_refusals(live: LiveServer, tmp_path: Path) -> None:
