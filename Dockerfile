@@ -1,7 +1,7 @@
 # digitserve: the digits classifier behind a REST API.
 # Build: docker build -t digitserve .
 # Run:   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp digitserve
-# The base is pinned by tag; pin it by digest too where you can resolve one (see README).
+# The base is pinned by tag; pin it by digest too where you can resolve one (see docs/deploying.md).
 
 # Build stage: a virtual environment with the pinned dependencies and digitserve, nothing else.
 FROM python:3.11.7-slim-bookworm AS build
