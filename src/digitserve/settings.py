@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     """`none`: serve what is found at start-up; `explicit`: the repository load/unload routes
     change it; `poll`: the folder is watched and changes are served on their own."""
 
+    compile_onnx: bool = True
+    """Serve a scikit-learn model that has no faster way through ONNX Runtime, when its skl2onnx
+    export gives exactly its labels on every check row and is faster (exports are cached in
+    `DIGITSERVE_ONNX_CACHE`, default a folder in the temp dir)."""
+
     model_poll_seconds: float = Field(5.0, gt=0, le=3600)
     """How often the `poll` control mode looks at the repository folder."""
 
