@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install sysdeps serve test lint typecheck pytest bench train evalset evaluate lock clean
+.PHONY: install sysdeps serve test lint typecheck pytest bench train evalset evaluate protos lock clean
 
 $(STAMP): pyproject.toml requirements/dev.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "digitserve needs Python 3.11 or newer")'
@@ -57,6 +57,9 @@ evalset: $(STAMP)  ## render the evaluation set into evalset/ (git-ignored)
 evaluate: $(STAMP)  ## plain pipeline vs digitserve on evalset/, report in evalset/report.md
 	$(BIN)/digitserve evaluate evalset --plain
 	$(BIN)/digitserve evaluate evalset --report evalset/report.md
+
+protos: $(STAMP)  ## regenerate src/digitserve/protos/*_pb2* from grpc_predict_v2.proto (commit them)
+	$(BIN)/python -m digitserve.protos.generate
 
 lock:  ## re-resolve requirements/*.txt from pyproject.toml in clean environments
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet --upgrade pip
