@@ -152,3 +152,4 @@ def test_metadata_puts_tensor_parameters_in_properties(dataplane: DataPlane) -> 
     assert list(message.inputs[1].shape) == [-1, 64]
     assert message.properties["pixels.range"] == "0..16"
     assert message.properties["version"] == "1"
+    assert "image.raw_binary" not in message.properties  # REST's body formats

@@ -66,6 +66,9 @@ CONTENTS_FIELDS = {
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG")
 """How a JPEG and a PNG begin: raw BYTES contents that begin so lack their length prefix."""
 
+HTTP_ONLY = frozenset({"json_encoding", "raw_binary"})
+"""Tensor metadata parameters about REST's body formats, which gRPC's messages do not have."""
+
 Parameter = str | int | float | bool
 
 
@@ -233,7 +236,8 @@ def metadata_message(metadata: dict[str, Any]) -> pb.ModelMetadataResponse:
                 name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"]
             )
             for key, value in tensor.get("parameters", {}).items():
-                response.properties[f"{tensor['name']}.{key}"] = str(value)
+                if key not in HTTP_ONLY:
+                    response.properties[f"{tensor['name']}.{key}"] = str(value)
     for key, value in metadata.get("parameters", {}).items():
         response.properties[key] = str(value)
     return response
