@@ -232,16 +232,20 @@ class Health:
         return response
 
     async def Watch(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """The status now, and NOT_SERVING once shutdown begins (SERVICE_UNKNOWN: unknown)."""
+        """The status now; once shutdown begins, the status then if it changed, and the end.
+
+        An unknown service is SERVICE_UNKNOWN, as the health protocol says.
+        """
         status = self.status(request.service)
         if status is None:
             status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
         await context.write(health_pb2.HealthCheckResponse(status=status))
-        if status == health_pb2.HealthCheckResponse.SERVING and request.service != LIVENESS:
-            await self.drained.wait()
-            await context.write(
-                health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
-            )
+        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            return
+        await self.drained.wait()
+        final = self.status(request.service)
+        if final != status:
+            await context.write(health_pb2.HealthCheckResponse(status=final))
 
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
