@@ -3,7 +3,7 @@
 # Run:   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp digitserve
 # gRPC too (the Open Inference Protocol, off unless a port is set):
 #        docker run --rm -p 8000:8000 -p 8081:8081 -e DIGITSERVE_GRPC_PORT=8081 ... digitserve
-# The base is pinned by tag; pin it by digest too where you can resolve one (see README).
+# The base is pinned by tag; pin it by digest too where you can resolve one (see docs/deploying.md).
 
 # Build stage: a virtual environment with the pinned dependencies and digitserve, nothing else.
 FROM python:3.11.7-slim-bookworm AS build

@@ -579,6 +579,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "In process (µs per image): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+        "",  # a list needs a blank line before it in Markdown (the docs site includes this file)
     ]
     for line in report["targets"]:
         lines.append(f"- {line}")

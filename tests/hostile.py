@@ -450,6 +450,7 @@ def corpus() -> tuple[Hostile, ...]:
             headers={"X-Request-ID": "r" * 4096},
         ),
         *_lying_inference_headers(),
+        *_round_two(),
     )
 
 
@@ -517,3 +518,119 @@ def _animated_gif() -> bytes:
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     return buffer.getvalue()
+
+
+def _infer_json(inputs: list[dict[str, object]]) -> bytes:
+    """An inference request body of these inputs."""
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def _round_two() -> tuple[Hostile, ...]:
+    """Round 2 of hostile input: sizes trusted too early, work multipliers, parsing blow-ups.
+
+    Each is small enough for the soak's mix; the large ones (10 MB bodies, slow uploads, decoder
+    work at full size) run against real servers in test_hostile_protocol, test_hostile_decode and
+    test_hostile_load, which also check that the server is idle and its memory back afterwards.
+    """
+    from tests.test_hostile_decode import png_with_chunks, repeated_scan_jpeg
+
+    pixels = {"name": "pixels", "datatype": "INT64"}
+    gzip_member = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    empty_member = gzip_member.compress(b"") + gzip_member.flush()
+    return (
+        Hostile(
+            "/v2 shape [2**63-1, 0] with no data",
+            _infer_json([{**pixels, "shape": [2**63 - 1, 0], "data": []}]),
+            JSON,
+            400,
+            BAD_INPUT,
+            path=INFER,
+        ),
+        Hostile(
+            "/v2 shape of 65 zero dimensions",
+            _infer_json([{**pixels, "shape": [0] * 65, "data": []}]),
+            JSON,
+            400,
+            BAD_INPUT,
+            path=INFER,
+        ),
+        Hostile(
+            "/v2 shape [2**64-1] x 300",
+            _infer_json([{**pixels, "shape": [2**64 - 1] * 300, "data": []}]),
+            JSON,
+            400,
+            BAD_INPUT,
+            path=INFER,
+        ),
+        Hostile(
+            "/v2 Inference-Header-Content-Length of 5,000 digits",
+            _infer_json([{**pixels, "shape": [1, 64], "data": [0] * 64}]),
+            "application/octet-stream",
+            400,
+            BAD_INPUT,
+            path=INFER,
+            headers={"Inference-Header-Content-Length": "9" * 5000},
+        ),
+        Hostile(
+            "/v2 1,000 inputs of one name",
+            _infer_json([{**pixels, "shape": [1], "data": [0]}] * 1000),
+            JSON,
+            400,
+            BAD_INPUT,
+            path=INFER,
+        ),
+        Hostile(
+            "/v2 65 empty gzip members",
+            empty_member * 65,
+            JSON,
+            400,
+            BAD_INPUT,
+            path=INFER,
+            headers={"Content-Encoding": "gzip"},
+        ),
+        Hostile(
+            "/v1 JSON with more values than 64 instances hold",
+            json.dumps({"instances": [[0] * 64] * 65}).encode(),
+            JSON,
+            413,
+            "too_many_images",
+        ),
+        Hostile(
+            "/v1 pixels scaled to 0..1",
+            json.dumps({"instances": [[0.25] * 64]}).encode(),
+            JSON,
+            400,
+            BAD_INPUT,
+        ),
+        Hostile(
+            "progressive JPEG of 300 scans",
+            repeated_scan_jpeg(64, 300),
+            JPEG,
+            413,
+            "image_too_complex",
+        ),
+        Hostile(
+            "PNG of 5,000 empty chunks before its pixels",
+            png_with_chunks(before_pixels=5000),
+            PNG,
+            413,
+            "image_too_complex",
+        ),
+        Hostile(
+            "trailing slash with a foreign Host (answered, never redirected)",
+            good_jpeg(),
+            JPEG,
+            200,
+            label=GOOD_LABEL,
+            path=PREDICT + "/",
+            headers={"Host": "evil.example"},
+        ),
+        Hostile(
+            "unknown model version",
+            good_jpeg(),
+            JPEG,
+            404,
+            "version_not_found",
+            path="/v1/models/digits/versions/9:predict",
+        ),
+    )

@@ -4,6 +4,9 @@ import base64
 import csv
 import io
 import itertools
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from playwright.sync_api import (
 )
 
 from tests.conftest import DATA_DIR, ROOT
-from tests.live import LiveServer, start_server, stop_server
+from tests.live import LiveServer, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +70,36 @@ BODY_LIMIT = 1024 * 1024
 def live() -> Iterator[LiveServer]:
     """One real server for the module."""
     server = start_server("--no-access-log", env={"DIGITSERVE_MAX_BODY_BYTES": str(BODY_LIMIT)})
+    yield server
+    assert stop_server(server) == 0
+
+
+def start_bundled() -> LiveServer:
+    """`digitserve serve` with no --model: the bundled repository, digits and digits-robust.
+
+    `start_server` always passes --model, which overrides the repository.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "digitserve", "serve", "--port", str(port), "--no-access-log"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    server = LiveServer(process, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except requests.RequestException:
+            time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError("the bundled repository's server did not become ready in 60 s")
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Iterator[LiveServer]:
+    """One real server of the bundled repository (two models) for the module."""
+    server = start_bundled()
     yield server
     assert stop_server(server) == 0
 
@@ -142,6 +175,14 @@ def desktop(browser: Browser, live: LiveServer) -> Iterator[Visit]:
 
 
 @pytest.fixture
+def two_models(browser: Browser, bundled: LiveServer) -> Iterator[Visit]:
+    """The page at a desktop size, on the server of two models."""
+    visit = open_page(browser, bundled, viewport=DESKTOP)
+    yield visit
+    close_page(visit)
+
+
+@pytest.fixture
 def phone(browser: Browser, live: LiveServer) -> Iterator[Visit]:
     """The page on a phone-sized touch screen."""
     visit = open_page(
@@ -198,13 +239,14 @@ def draw(page: Page, strokes: Sequence[Stroke], kind: PointerKind = "mouse") -> 
     cdp.detach()
 
 
-def reading(page: Page) -> str:
-    """Wait until the answer for the latest input is shown, and return the digit read."""
-    result = page.locator("#result")
+def reading(page: Page, panel: str = "#result") -> str:
+    """Wait until the answer for the latest input is shown in a reading panel (the first, or
+    `#result-b` when comparing), and return the digit read."""
+    result = page.locator(panel)
     expect(result).to_have_attribute("data-state", "ready")
     label = result.get_attribute("data-label")
     assert label is not None
-    expect(page.locator("#digit")).to_have_text(label)
+    expect(result.locator(".digit")).to_have_text(label)
     return label
 
 
@@ -227,9 +269,9 @@ def shown_grid(page: Page) -> list[list[int]]:
     return grid
 
 
-def table_grid(page: Page) -> list[list[int]]:
-    """The 8x8 grid as the page prints it in numbers."""
-    cells = page.locator("#grid-table td").all_text_contents()
+def table_grid(page: Page, panel: str = "#result") -> list[list[int]]:
+    """The 8x8 grid as a reading panel prints it in numbers."""
+    cells = page.locator(f"{panel} .values td").all_text_contents()
     assert len(cells) == 64
     return [[int(value) for value in cells[row * 8 : row * 8 + 8]] for row in range(8)]
 
@@ -560,8 +602,171 @@ def test_text_contrast_meets_wcag_aa(desktop: Visit) -> None:
     assert page.evaluate(CONTRAST) == []
     draw(page, SEVEN)
     reading(page)
-    page.locator("details.values summary").click()
+    page.locator("#result details.values summary").click()
     assert page.evaluate(CONTRAST) == []
     upload(page, "notes.txt", b"not an image", "text/plain")
     expect(page.locator("#result")).to_have_attribute("data-state", "error")
     assert page.evaluate(CONTRAST) == []
+
+
+def record_predicts(page: Page) -> list[tuple[str, str]]:
+    """Collect the path and media type of every prediction request the page sends from now on."""
+    sent: list[tuple[str, str]] = []
+
+    def on_request(request: Request) -> None:
+        if ":predict" in request.url:
+            path = "/" + request.url.split("://", 1)[1].split("/", 1)[1].split("?")[0]
+            sent.append((path, request.headers.get("content-type", "").split(";")[0]))
+
+    page.on("request", on_request)
+    return sent
+
+
+def test_one_model_needs_no_picker(desktop: Visit) -> None:
+    page = desktop.page
+    expect(page.locator("#models")).to_be_hidden()
+    expect(page.locator("#result-b")).to_be_hidden()
+    expect(page.locator("#result-title")).to_have_text("What the model reads")
+    expect(page.locator("#card-title")).to_have_text("About the model")
+    expect(page.locator("#card-name")).to_be_hidden()
+    draw(page, ONE)
+    assert reading(page) == "1"
+    expect(page.locator("#answered")).to_have_text("Answered by digits, version 1")
+
+
+def test_the_picker_offers_every_model_and_preselects_the_default(two_models: Visit) -> None:
+    page = two_models.page
+    picker = page.get_by_label("Model", exact=True)
+    expect(picker).to_be_visible()
+    expect(picker.locator("option")).to_have_text(["digits", "digits-robust"])
+    expect(picker).to_have_value("digits")
+    expect(page.get_by_label("Compare with another model")).not_to_be_checked()
+    expect(page.get_by_label("Second model")).to_be_hidden()
+    expect(page.locator("#result-b")).to_be_hidden()
+    expect(page.locator("#result-title")).to_have_text("What digits reads")
+    expect(page.locator("#card-name")).to_have_text("digits")
+
+
+def test_switching_models_sends_predictions_to_the_chosen_one(two_models: Visit) -> None:
+    page = two_models.page
+    sent = record_predicts(page)
+    draw(page, SEVEN)
+    assert reading(page) == "7"
+    expect(page.locator("#answered")).to_have_text("Answered by digits, version 1")
+    assert {path for path, _ in sent} == {"/v1/models/digits:predict"}
+    # By keyboard: the picker is a plain select; the drawing on the pad is read again at once.
+    sent.clear()
+    page.get_by_label("Model", exact=True).focus()
+    page.keyboard.press("ArrowDown")
+    expect(page.get_by_label("Model", exact=True)).to_have_value("digits-robust")
+    expect(page.locator("#card-facts")).to_contain_text("digits-robust 1")
+    expect(page.locator("#card-facts")).to_contain_text("99.4% on 899 held-out digits")
+    expect(page.locator("#result-title")).to_have_text("What digits-robust reads")
+    expect(page.locator("#answered")).to_have_text("Answered by digits-robust, version 1")
+    assert reading(page) == "7"
+    assert {path for path, _ in sent} == {"/v1/models/digits-robust:predict"}
+    hrefs = page.locator(".card a").evaluate_all("(links) => links.map((link) => link.href)")
+    assert f"{two_models.origin}/v1/models/digits-robust" in hrefs
+    # An upload is sent again, as the file it was, to the model chosen next.
+    upload(page, "3_64px.jpg", (DATA_DIR / "3_64px.jpg").read_bytes(), "image/jpeg")
+    assert reading(page) == "3"
+    expect(page.locator("#answered")).to_have_text("Answered by digits-robust, version 1")
+    sent.clear()
+    page.get_by_label("Model", exact=True).select_option("digits")
+    expect(page.locator("#answered")).to_have_text("Answered by digits, version 1")
+    assert reading(page) == "3"
+    assert sent == [("/v1/models/digits:predict", "multipart/form-data")]
+
+
+def test_compare_shows_two_readings_side_by_side(two_models: Visit) -> None:
+    page = two_models.page
+    # Only the second model's answers get a warning: each reading shows its own.
+    warning = {"code": "low_confidence", "message": "The model is unsure between two digits."}
+
+    def add_warning(route: Route) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        body["predictions"][0]["warnings"] = [warning]
+        route.fulfill(response=answer, json=body)
+
+    page.route("**/v1/models/digits-robust:predict*", add_warning)
+    sent = record_predicts(page)
+    compare = page.get_by_label("Compare with another model")
+    compare.focus()
+    page.keyboard.press("Space")
+    expect(compare).to_be_checked()
+    second = page.get_by_label("Second model")
+    expect(second).to_be_visible()
+    expect(second).to_have_value("digits-robust")
+    expect(page.locator("#result-b")).to_be_visible()
+    expect(page.locator("#result-b")).to_have_attribute("data-state", "idle")
+    expect(page.locator("#card-title")).to_have_text("About the models")
+    expect(page.locator("#card-facts-b")).to_contain_text("digits-robust 1")
+
+    draw(page, SEVEN)
+    assert reading(page, "#result") == "7"
+    assert reading(page, "#result-b") == "7"
+    first, other = page.locator("#result"), page.locator("#result-b")
+    expect(first.locator(".answered")).to_have_text("Answered by digits, version 1")
+    expect(other.locator(".answered")).to_have_text("Answered by digits-robust, version 1")
+    expect(first.locator(".summary")).to_contain_text(" sure.")
+    expect(other.locator(".summary")).to_contain_text(" sure.")
+    expect(first.locator(".warnings")).not_to_contain_text(warning["message"])
+    expect(other.locator(".warnings li")).to_have_text([warning["message"]])
+    expect(other.get_by_role("list", name="Warnings about the input")).to_be_visible()
+    # The same drawing went to both models: both saw the same 8x8 grid.
+    assert set(sent) == {
+        ("/v1/models/digits:predict", "image/png"),
+        ("/v1/models/digits-robust:predict", "image/png"),
+    }
+    assert table_grid(page) == table_grid(page, "#result-b")
+    # Side by side: the second reading is to the right of the first, level with it.
+    box, box_b = first.bounding_box(), other.bounding_box()
+    assert box is not None
+    assert box_b is not None
+    assert box_b["x"] >= box["x"] + box["width"]
+    assert abs(box_b["y"] - box["y"]) < 1
+    assert page.evaluate(CONTRAST) == []
+    screenshot(page, "page-compare.png")
+
+    # Turned off, only the first model is asked.
+    compare.uncheck()
+    expect(page.locator("#result-b")).to_be_hidden()
+    expect(second).to_be_hidden()
+    page.get_by_role("button", name="Clear").click()
+    sent.clear()
+    draw(page, ONE)
+    assert reading(page) == "1"
+    assert {path for path, _ in sent} == {"/v1/models/digits:predict"}
+
+
+def test_compare_shows_one_models_error_beside_the_others_reading(two_models: Visit) -> None:
+    page = two_models.page
+    page.get_by_label("Compare with another model").check()
+    page.route(
+        "**/v1/models/digits-robust:predict*",
+        lambda route: route.fulfill(
+            status=503,
+            content_type="application/problem+json",
+            json={"code": "model_not_ready", "detail": "digits-robust/1 is loading"},
+        ),
+    )
+    upload(page, "5_64px.jpg", (DATA_DIR / "5_64px.jpg").read_bytes(), "image/jpeg")
+    assert reading(page) == "5"
+    other = page.locator("#result-b")
+    expect(other).to_have_attribute("data-state", "error")
+    expect(other.get_by_role("alert")).to_contain_text("The model is not ready yet")
+    expect(other.locator(".problem-detail")).to_have_text("digits-robust/1 is loading")
+    expect(other.locator(".answered")).to_be_hidden()
+
+
+def test_model_controls_are_reachable_by_keyboard(two_models: Visit) -> None:
+    page = two_models.page
+    page.get_by_label("Compare with another model").check()
+    page.get_by_role("link", name="Skip to the drawing pad").focus()
+    reached: list[str] = []
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("() => document.activeElement.id"))
+    # After the two API links, before the pad's tools (Undo and Clear are off on a blank pad).
+    assert reached == ["", "", "model", "compare", "model-b", "upload"]

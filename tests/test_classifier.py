@@ -15,8 +15,15 @@ from sklearn.datasets import load_digits
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
+from sklearn.utils.multiclass import _ovr_decision_function
 
-from digitserve.classifier import KERNEL_BLOCK_ROWS, Classifier, KernelTable, load_classifier
+from digitserve.classifier import (
+    KERNEL_BLOCK_ROWS,
+    Classifier,
+    KernelTable,
+    load_classifier,
+    ovr_scores,
+)
 from digitserve.errors import ModelLoadError
 from digitserve.training import Split
 from tests.conftest import MODEL_PATH
@@ -43,8 +50,33 @@ def test_kernel_table_answers_bit_for_bit_like_scikit_learn(
     assert np.array_equal(probabilities, classifier.estimator.predict_proba(rows))
 
 
+@pytest.mark.parametrize("shape", ["ovr", "ovo"])
+def test_svc_without_probabilities_takes_the_kernel_table_too(
+    tmp_path: Path, split: Split, shape: str
+) -> None:
+    model = SVC(gamma=0.001, decision_function_shape=shape).fit(split.x_train, split.y_train)
+    loaded = load_classifier(write_pickle(tmp_path / "classic.pickle", model))
+    assert (loaded.path, loaded.score_kind) == ("kernel-table", "decision_scores")
+    rows = load_digits().data
+    labels, scores = loaded.answer(rows.astype(np.int64))
+    assert np.array_equal(labels, model.predict(rows))
+    pairs = model.decision_function(rows)
+    expected = pairs if shape == "ovr" else _ovr_decision_function(pairs < 0, -pairs, 10)
+    assert np.array_equal(scores, expected)  # bit for bit, one score per class
+    assert len(loaded.predict(rows[:1].astype(np.int64))[0].scores) == 10
+
+
+def test_ovr_scores_match_scikit_learn_to_the_bit() -> None:
+    rng = np.random.default_rng(0)
+    for n_classes in (3, 4, 10):
+        pairs = rng.normal(size=(50, n_classes * (n_classes - 1) // 2))
+        pairs[0, :] = 0.0  # ties and zeros
+        expected = _ovr_decision_function(pairs < 0, -pairs, n_classes)
+        assert np.array_equal(ovr_scores(pairs, n_classes), expected)
+
+
 def test_kernel_is_exp_of_the_exact_squared_distance(classifier: Classifier) -> None:
-    table = KernelTable.build(classifier.estimator, fallback=classifier.answer)
+    table = KernelTable.build(classifier.estimator, "probabilities", fallback=classifier.answer)
     assert table is not None
     rows = np.random.default_rng(3).integers(0, 17, size=(5, 64)).astype(np.float64)
     vectors = classifier.estimator.support_vectors_

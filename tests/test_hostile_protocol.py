@@ -19,6 +19,7 @@ import pytest
 from digitserve.schemas import Problem
 from tests.hostile import GOOD_LABEL, good_jpeg, memory_kib
 from tests.live import LiveServer, start_server, stop_server
+from tests.test_hostile_decode import settled_cpu
 
 INFER = "/v2/models/digits/infer"
 IHCL = "Inference-Header-Content-Length"
@@ -282,9 +283,14 @@ def assert_good_answer(server: LiveServer) -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
-    """One real server for the attacks in turn."""
+    """One real server for the attacks in turn, idle and with its memory back afterwards."""
     live = start_server("--no-access-log")
+    assert_good_answer(live)
+    baseline = memory_kib(live.process.pid)
     yield live
+    # Every attack was answered; nothing it started may still burn a core or hold memory.
+    assert settled_cpu(live.process.pid, limit=10) < 0.2
+    assert memory_kib(live.process.pid) - baseline < 64 * 1024
     assert stop_server(live) == 0
 
 

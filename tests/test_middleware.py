@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from digitserve.app import create_app
 from digitserve.classifier import Classifier
 from digitserve.logs import ACCESS_LOGGER, JsonFormatter
+from digitserve.middleware import ADMITTED_KEY
 from digitserve.settings import Settings
 from tests.conftest import DATA_DIR, MODEL_PATH
 from tests.live import LiveServer, start_server, stop_server
@@ -172,6 +173,116 @@ def test_a_stalled_body_is_cut_at_the_time_limit(classifier: Classifier) -> None
     assert "digitserve_requests_in_flight 1.0" in text  # only the scrape: the slot was freed
 
 
+async def upload(
+    app: FastAPI,
+    pieces: list[bytes],
+    *,
+    admit: bool,
+    stalled: asyncio.Event | None = None,
+    resume: asyncio.Event | None = None,
+) -> Answer:
+    """POST a JPEG body in pieces as `server.HeaderDeadlineProtocol` hands one over.
+
+    Admission is undecided (`ADMITTED_KEY` None) while the body arrives; with the last piece comes
+    the server's decision, `admit`. With `resume`, the upload stalls before its last piece (and
+    sets `stalled`) until `resume` is set.
+    """
+    answer = Answer()
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/models/digits:predict",
+        "raw_path": b"/v1/models/digits:predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"image/jpeg")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+        ADMITTED_KEY: None,
+    }
+    queue = list(pieces)
+
+    async def receive() -> dict[str, Any]:
+        if len(queue) == 1:
+            if resume is not None:
+                assert stalled is not None
+                stalled.set()
+                await resume.wait()
+            scope[ADMITTED_KEY] = admit
+        if not queue:
+            await asyncio.Event().wait()
+        return {"type": "http.request", "body": queue.pop(0), "more_body": bool(queue)}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer.status = message["status"]
+            answer.headers = {k.decode(): v.decode() for k, v in message["headers"]}
+        elif message["type"] == "http.response.body":
+            answer.body += message.get("body", b"")
+
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    return answer
+
+
+def test_an_upload_is_admitted_or_refused_once_its_body_is_complete(
+    classifier: Classifier,
+) -> None:
+    app = limited_app(classifier, max_concurrent_requests=1)
+
+    async def scenario() -> tuple[Answer, Answer]:
+        async with app.router.lifespan_context(app):
+            pieces = [SEVEN[:100], SEVEN[100:300], SEVEN[300:]]
+            return (
+                await upload(app, pieces, admit=True),
+                await upload(app, pieces, admit=False),
+            )
+
+    admitted, refused = asyncio.run(scenario())
+    assert admitted.status == 200
+    assert admitted.json()["predictions"][0]["label"] == 7
+    # The worker was full when the body was complete: the usual overload answer.
+    assert refused.status == 503
+    assert refused.headers["retry-after"] == "1"
+    assert "connection" not in refused.headers  # the body was read whole: the connection is fine
+    assert refused.json()["code"] == "overloaded"
+    assert refused.json()["limit"] == 1
+
+
+def test_uploads_in_progress_are_bounded_by_the_body_buffer(classifier: Classifier) -> None:
+    app = limited_app(classifier, max_body_bytes=1024, max_buffered_body_bytes=1024)
+
+    async def scenario() -> tuple[Answer, Answer, Answer]:
+        async with app.router.lifespan_context(app):
+            stalled, resume = asyncio.Event(), asyncio.Event()
+            holding = asyncio.create_task(
+                upload(app, [b"\xff" * 700, b""], admit=True, stalled=stalled, resume=resume)
+            )
+            await stalled.wait()  # 700 bytes held by an upload that has stopped sending
+            over = await upload(app, [SEVEN[:200], SEVEN[200:]], admit=True)
+            resume.set()
+            await holding
+            after = await upload(app, [SEVEN[:200], SEVEN[200:]], admit=True)
+            return await holding, over, after
+
+    held, over, after = asyncio.run(scenario())
+    assert held.status == 400  # its junk, read in the end
+    assert over.status == 503
+    assert over.headers["retry-after"] == "1"
+    assert over.headers["connection"] == "close"  # the rest of its body was never read
+    assert over.json()["code"] == "overloaded"
+    assert over.json()["limit_bytes"] == 1024
+    assert after.status == 200  # the bytes held by finished requests were given back
+
+
+def test_a_body_buffer_smaller_than_one_body_is_refused_at_start_up() -> None:
+    with pytest.raises(ValueError, match="max_buffered_body_bytes"):
+        Settings(model_path=MODEL_PATH, max_body_bytes=4096, max_buffered_body_bytes=2048)
+
+
 @pytest.fixture
 def access_lines() -> Iterator[io.StringIO]:
     """Capture digitserve's log records as the JSON lines production writes."""
@@ -296,13 +407,14 @@ def test_slow_clients_on_a_real_socket(tmp_path: Path) -> None:
                 b"Content-Length: " + str(len(SEVEN)).encode() + b"\r\n\r\n" + SEVEN[:100],
             )
             _wait_in_flight(server, 2)  # the stalled upload, and this scrape
-            # While it holds the only slot, other work is refused, probes are not.
-            refused = requests.get(
-                f"{server.url}/v1/models/digits", headers={"X-Request-ID": "busy-1"}, timeout=10
+            # An upload holds no place until its body is in: the only place is still free.
+            served = requests.post(
+                f"{server.url}/v1/models/digits:predict",
+                data=SEVEN,
+                headers={"Content-Type": "image/jpeg", "X-Request-ID": "busy-1"},
+                timeout=10,
             )
-            assert refused.status_code == 503
-            assert refused.headers["Retry-After"] == "1"
-            assert refused.json()["code"] == "overloaded"
+            assert served.status_code == 200
             assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
             # A client that never finishes its headers is cut off too.
             no_headers = raw_request(server, b"POST /v1/models/digits:predict HTTP/1.1\r\nHo")
@@ -315,7 +427,6 @@ def test_slow_clients_on_a_real_socket(tmp_path: Path) -> None:
             head, _, body = read_all(no_headers).partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 408 ")
             assert json.loads(body)["code"] == "request_timeout"
-            # The slot is free again.
             ok = requests.post(
                 f"{server.url}/v1/models/digits:predict",
                 data=SEVEN,
@@ -328,8 +439,7 @@ def test_slow_clients_on_a_real_socket(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     access = {r["request_id"]: r for r in lines if r["logger"] == ACCESS_LOGGER}
     assert access["trickle-1"]["status"] == 408
-    assert access["busy-1"]["status"] == 503
-    assert access["busy-1"]["code"] == "overloaded"
+    assert access["busy-1"]["status"] == 200
     assert all(r["request_id"] for r in lines if r["logger"] == ACCESS_LOGGER)
 
 

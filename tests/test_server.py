@@ -2,12 +2,14 @@
 
 import asyncio
 import gc
+import json
 import logging
 from typing import Any
 
 import pytest
 import uvicorn
 from gunicorn.app.base import BaseApplication
+from uvicorn.server import ServerState
 
 from digitserve import server
 from digitserve.classifier import Classifier
@@ -46,6 +48,25 @@ def captured_options(
         gc.unfreeze()
     [options] = calls
     return options
+
+
+def test_malloc_thresholds_are_fixed_before_serving(
+    monkeypatch: pytest.MonkeyPatch, classifier: Classifier
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        """The C library, recording `mallopt` calls."""
+
+        def mallopt(self, parameter: int, value: int) -> int:
+            calls.append((parameter, value))
+            return 1
+
+    monkeypatch.setattr("signal.signal", lambda *_: None)
+    monkeypatch.setattr("ctypes.CDLL", lambda name: Libc())
+    captured_options(monkeypatch, classifier)
+    # Large blocks unmapped when freed, heaps trimmed past 2 MiB free: never raised as it runs.
+    assert calls == [(server.M_MMAP_THRESHOLD, 1 << 20), (server.M_TRIM_THRESHOLD, 2 << 20)]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -121,3 +142,192 @@ def test_admission_holds_a_place_until_the_app_is_done_even_if_it_fails() -> Non
     asyncio.run(scenario())
     assert seen == [2, 1, 1]
     assert admission.held == 0
+
+
+class Transport:
+    """Just enough of an asyncio transport for a protocol fed by hand."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Loopback addresses, no TLS."""
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def write(self, data: bytes) -> None:
+        """Keep what the server writes."""
+        self.written += data
+
+    def close(self) -> None:
+        """Remember the close."""
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        """Closed once closed."""
+        return self.closed
+
+    def pause_reading(self) -> None:
+        """Nothing to pause."""
+
+    def resume_reading(self) -> None:
+        """Nothing to resume."""
+
+
+def fed_protocol(
+    app: Any, admission: server.Admission, *, max_header_bytes: int = 65536
+) -> tuple[server.HeaderDeadlineProtocol, Transport]:
+    """The server's protocol on a fake connection, on the running loop."""
+    config = uvicorn.Config(app, lifespan="off", log_level="critical")
+    protocol = server.HeaderDeadlineProtocol(
+        config=config,
+        server_state=ServerState(),
+        app_state={},
+        header_timeout=30.0,
+        max_header_bytes=max_header_bytes,
+        admission=admission,
+    )
+    transport = Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport
+
+
+def test_a_request_is_admitted_once_its_body_has_arrived() -> None:
+    admission = server.Admission(limit=1)
+    seen: list[tuple[str, object, int]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(("start", scope.get(ADMITTED_KEY), admission.count()))
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        seen.append(("body read", scope.get(ADMITTED_KEY), admission.count()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def scenario() -> None:
+        protocol, transport = fed_protocol(app, admission)
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # Headers in, half the body: running, reading its body, and holding no place.
+        assert seen == [("start", None, 0)]
+        admission.held = 1  # meanwhile, another request has taken the only place
+        protocol.data_received(b"67890")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert seen[-1] == ("body read", False, 1)  # complete into a full worker: refused
+        assert admission.held == 1
+        admission.held = 0
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # No body: admitted in the read that brought the head, before the app starts.
+        assert seen[-2:] == [("start", True, 1), ("body read", True, 1)]
+        assert admission.held == 0  # given back when answered
+        assert transport.written.count(b"HTTP/1.1 200 OK") == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_request_answered_before_its_body_arrived_is_never_admitted() -> None:
+    admission = server.Admission(limit=1)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 415, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        protocol, transport = fed_protocol(app, admission)
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        protocol.data_received(b"late")
+        assert admission.held == 0
+        assert transport.written.startswith(b"HTTP/1.1 415 ")
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Many: a\r\n" * 10_000 + b"\r\n",
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["one long header", "many headers", "long target"],
+)
+def test_a_head_over_the_limit_is_refused_even_in_one_read(head: bytes) -> None:
+    called: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        called.append(scope)
+
+    async def scenario() -> Transport:
+        protocol, transport = fed_protocol(app, server.Admission(limit=1))
+        protocol.data_received(head)  # all of it at once
+        await asyncio.sleep(0)
+        return transport
+
+    transport = asyncio.run(scenario())
+    status, _, body = bytes(transport.written).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 ")
+    assert b"content-type: application/problem+json" in status
+    assert b"x-content-type-options: nosniff" in status
+    problem = json.loads(body)
+    assert (problem["code"], problem["limit"]) == ("invalid_input", 65536)
+    assert problem["detail"] == "the request line and headers exceed the limit of 65536 bytes"
+    assert transport.closed
+    assert not called
+
+
+def test_a_body_in_the_same_read_as_its_head_does_not_count_as_head() -> None:
+    answered: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        answered.append(size)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> Transport:
+        protocol, transport = fed_protocol(app, server.Admission(limit=1), max_header_bytes=4096)
+        body = b"x" * 50_000
+        protocol.data_received(
+            b"POST / HTTP/1.1\r\nHost: x\r\nX-Pad: "
+            + b"p" * 3000
+            + b"\r\nContent-Length: 50000\r\n\r\n"
+            + body
+        )
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert transport.written.startswith(b"HTTP/1.1 200 ")
+    assert answered == [50_000]
+
+
+def test_a_malformed_request_is_refused_in_the_envelope() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    async def scenario() -> Transport:
+        protocol, transport = fed_protocol(app, server.Admission(limit=1))
+        protocol.data_received(b"GARBAGE\r\n\r\n")
+        return transport
+
+    transport = asyncio.run(scenario())
+    status, _, body = bytes(transport.written).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(body)["code"] == "invalid_input"
+    assert json.loads(body)["detail"] == "malformed HTTP request: invalid http request received"
+    assert transport.closed

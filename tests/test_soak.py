@@ -1,7 +1,9 @@
 """Soak: many mixed good and hostile requests at high concurrency against a real server process.
 
-Zero 5xx, zero dropped connections, every good answer right, every bad one its documented code,
-and resident memory after the run within 10% of what it was after a warm-up. Bounded in count and
+Zero 5xx, zero dropped connections, every good answer right, every bad one its documented code
+(round 2's small hostile requests included: untrusted /v2 shapes, scan and chunk bombs, gzip
+members), resident memory after the run within 10% of what it was after a warm-up, and no CPU
+still burning a second after the last answer. Bounded in count and
 time, loopback only. The short mode runs in `make test`; the long one is, for example::
 
     SOAK_REQUESTS=50000 SOAK_CONCURRENCY=64 SOAK_SECONDS=1800 .venv/bin/pytest tests/test_soak.py
@@ -25,6 +27,7 @@ from digitserve.preprocessing import declared_pixels
 from tests.conftest import DATA_DIR
 from tests.hostile import PREDICT, Hostile, corpus, memory_kib, multipart
 from tests.live import LiveServer, start_server, stop_server
+from tests.test_hostile_decode import settled_cpu
 
 REQUESTS = int(os.environ.get("SOAK_REQUESTS", "2000"))
 CONCURRENCY = int(os.environ.get("SOAK_CONCURRENCY", "32"))
@@ -176,8 +179,9 @@ def test_soak_mixed_traffic_at_high_concurrency() -> None:
         warm = run(server, mix, WARM_UP, deadline, seed=1)
         before = memory_kib(server.process.pid)
         soak = run(server, mix, REQUESTS, deadline, seed=2)
-        after = memory_kib(server.process.pid)
         elapsed = time.monotonic() - started
+        idle_cpu = settled_cpu(server.process.pid, limit=10)  # nothing left burning a core
+        after = memory_kib(server.process.pid)
     finally:
         status = stop_server(server)
     growth = (after - before) / before
@@ -193,4 +197,5 @@ def test_soak_mixed_traffic_at_high_concurrency() -> None:
     assert soak.sent >= min(REQUESTS, 1000), "the time bound cut the run short"
     assert sum(soak.statuses[s] for s in soak.statuses if s >= 400) > soak.sent // 5
     assert growth < MAX_GROWTH
+    assert idle_cpu < 0.2, f"the server still used {idle_cpu:.2f} s of CPU a second after the run"
     assert status == 0

@@ -1,5 +1,6 @@
 """The hosted model: loaded and checked once, then asked for predictions and its own description."""
 
+import functools
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
 from sklearn.svm import SVC
 from sklearn.svm import _libsvm as libsvm
 from sklearn.svm._base import LIBSVM_IMPL
+from sklearn.utils.multiclass import _ovr_decision_function
 from sklearn.utils.validation import check_is_fitted
 
 from digitserve.errors import ModelLoadError
@@ -108,10 +110,58 @@ def answerer(predictors: tuple[Predictor, Predictor]) -> Answerer:
 
 
 def _public_predictors(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor, Predictor]:
-    """Predict through scikit-learn's public API: right for any classifier."""
+    """Predict through scikit-learn's public API: right for any classifier.
+
+    An SVC asked for one-vs-one decision values (`decision_function_shape="ovo"`) gives one per
+    pair of classes; the service reports one score per class, so those are turned into
+    one-vs-rest scores with scikit-learn's own function, as its default shape does.
+    """
     if score_kind == "probabilities":
         return estimator.predict, estimator.predict_proba
+    n_classes = len(estimator.classes_)
+    if getattr(estimator, "decision_function_shape", None) == "ovo" and n_classes > 2:
+
+        def one_vs_rest(rows: Rows) -> NDArray[np.float64]:
+            pairs = estimator.decision_function(rows)
+            return _decision_matrix(_ovr_decision_function(pairs < 0, -pairs, n_classes))
+
+        return estimator.predict, one_vs_rest
     return estimator.predict, lambda rows: _decision_matrix(estimator.decision_function(rows))
+
+
+@functools.cache
+def _one_vs_rest_plan(n_classes: int) -> tuple[NDArray[np.intp], Rows, NDArray[np.intp]]:
+    """Which pair adds to which class, in which order and with which sign (see `ovr_scores`)."""
+    pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
+    index = {pair: k for k, pair in enumerate(pairs)}
+    columns = np.empty((n_classes - 1, n_classes), dtype=np.intp)
+    signs = np.empty((n_classes - 1, n_classes), dtype=np.float64)
+    for c in range(n_classes):
+        steps = [(index[i, c], 1.0) for i in range(c)]
+        steps += [(index[c, j], -1.0) for j in range(c + 1, n_classes)]
+        for t, (k, sign) in enumerate(steps):
+            columns[t, c], signs[t, c] = k, sign
+    winners = np.array(pairs, dtype=np.intp)  # (pairs, 2): the winner if >= 0, if < 0
+    return columns, signs, winners
+
+
+def ovr_scores(one_vs_one: Rows, n_classes: int) -> Rows:
+    """scikit-learn's `_ovr_decision_function(d < 0, -d, n)` for libsvm's values d, vectorised.
+
+    scikit-learn's loop visits each pair of classes in turn, about 400 µs for one row of ten
+    classes, more than the prediction. Here each class adds its pairs' confidences in the very
+    order that loop does (so the float sums are the same to the bit), one step for all classes at
+    once; votes are counts. `load_classifier` checks the result against the public API anyway.
+    """
+    columns, signs, winners = _one_vs_rest_plan(n_classes)
+    confidences = -one_vs_one
+    sums = np.zeros((len(one_vs_one), n_classes))
+    for step in range(n_classes - 1):
+        sums += confidences[:, columns[step]] * signs[step]
+    won = np.where(one_vs_one < 0, winners[:, 1], winners[:, 0])
+    votes = (won[:, :, np.newaxis] == np.arange(n_classes)).sum(axis=1).astype(np.float64)
+    result: Rows = votes + sums / (3 * (np.abs(sums) + 1))
+    return result
 
 
 def _direct_svc(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor, Predictor] | None:
@@ -149,8 +199,10 @@ class KernelTable:
     float64 holds exactly however the sum is ordered: |x|^2 + |sv|^2 - 2 x.sv from one matrix
     product gives the very number libsvm's loop does, and exp(-gamma * that) is looked up in a
     table made with `math.exp`, the C library's exp that libsvm calls. libsvm then takes the
-    kernel in its precomputed-kernel mode and votes and couples probabilities as it always does,
-    so answers are bit for bit its own (`load_classifier` checks that before using this).
+    kernel in its precomputed-kernel mode and votes and couples probabilities as it always does
+    (or, for an SVC without probabilities, sums its one-vs-one decision values, which scikit-learn's
+    own function turns into one-vs-rest scores), so answers are bit for bit its own
+    (`load_classifier` checks that before using this).
     """
 
     minus_twice_vectors_t: Rows
@@ -164,12 +216,18 @@ class KernelTable:
     model_options: dict[str, Any]
     fallback: Answerer
     """For rows the table does not cover: not integers 0..16, or none at all."""
+    decision_shape: str | None = None
+    """None: the scores are probabilities; else `decision_function_shape` ("ovr" or "ovo")."""
 
     @classmethod
-    def build(cls, estimator: Any, fallback: Answerer) -> "KernelTable | None":
+    def build(
+        cls, estimator: Any, score_kind: ScoreKind, fallback: Answerer
+    ) -> "KernelTable | None":
         """The table for an RBF SVC whose support vectors are integers 0..16, or None."""
-        if type(estimator) is not SVC or estimator.kernel != "rbf":
+        if type(estimator) is not SVC or estimator.kernel != "rbf" or estimator.break_ties:
             return None
+        if getattr(estimator, "_sparse", True):
+            return None  # fitted on a sparse matrix: its support vectors are sparse too
         vectors: Rows = np.ascontiguousarray(estimator.support_vectors_, dtype=np.float64)
         if vectors.ndim != 2 or vectors.shape[1] != N_FEATURES or not _digit_levels(vectors):
             return None
@@ -198,6 +256,9 @@ class KernelTable:
                 "cache_size": estimator.cache_size,
             },
             fallback=fallback,
+            decision_shape=(
+                None if score_kind == "probabilities" else str(estimator.decision_function_shape)
+            ),
         )
 
     def kernel(self, rows: Rows) -> Rows:
@@ -228,8 +289,18 @@ class KernelTable:
         kernel = self.kernel(rows)
         arguments, options = self.model_arguments, self.model_options
         positions = libsvm.predict(kernel, *arguments, **options).astype(np.intp)
-        probabilities = libsvm.predict_proba(kernel, *arguments, **options)
-        return self.classes.take(positions), probabilities
+        if self.decision_shape is None:
+            scores = libsvm.predict_proba(kernel, *arguments, **options)
+        else:
+            scores = self._decision_scores(libsvm.decision_function(kernel, *arguments, **options))
+        return self.classes.take(positions), scores
+
+    def _decision_scores(self, one_vs_one: Rows) -> Rows:
+        """`SVC.decision_function` from libsvm's one-vs-one values, one score per class."""
+        n_classes = len(self.classes)
+        if n_classes == 2:
+            return _decision_matrix(-one_vs_one.ravel())
+        return _decision_matrix(ovr_scores(one_vs_one, n_classes))
 
 
 KERNEL_BLOCK_ROWS = 256
@@ -346,19 +417,20 @@ def _fastest_answerer(
 ) -> tuple[PredictionPath, Answerer]:
     """The fastest way to predict that gives exactly the public API's answers."""
     public = answerer(_public_predictors(estimator, score_kind))
+    fallback: tuple[PredictionPath, Answerer] = ("scikit-learn", public)
     direct_predictors = _direct_svc(estimator, score_kind)
-    if direct_predictors is None:
-        return "scikit-learn", public
-    direct = answerer(direct_predictors)
-    if not _same_answers(direct, public):
-        logger.warning("%s: direct libsvm calls disagree with scikit-learn's API; not used", path)
-        return "scikit-learn", public
-    table = KernelTable.build(estimator, fallback=direct)
+    if direct_predictors is not None:
+        direct = answerer(direct_predictors)
+        if _same_answers(direct, public):
+            fallback = ("libsvm", direct)
+        else:
+            logger.warning("%s: direct libsvm calls disagree with scikit-learn's API", path)
+    table = KernelTable.build(estimator, score_kind, fallback=fallback[1])
     if table is None:
-        return "libsvm", direct
+        return fallback
     if not _same_answers(table.answer, public):
         logger.warning("%s: the kernel table disagrees with scikit-learn's API; not used", path)
-        return "libsvm", direct
+        return fallback
     return "kernel-table", table.answer
 
 

@@ -1,12 +1,14 @@
-"""Running the app under uvicorn: workers, logging, shutdown, and a deadline for request headers.
+"""Running the app under uvicorn: workers, logging, shutdown, and the request head and admission.
 
 The app itself bounds a request once its headers have arrived (`TrafficMiddleware`). Before that
 uvicorn has no deadline at all: a client that opens a connection and sends half a request line
 holds the socket forever, and one that sends megabytes of headers is buffered whole.
-`HeaderDeadlineProtocol` gives each request's headers the same time limit, and a size limit.
+`HeaderDeadlineProtocol` gives each request's headers the same time limit, and a size limit; and it
+admits a request under the in-flight bound only once its body has arrived (`Admission`).
 """
 
 import asyncio
+import ctypes
 import functools
 import gc
 import logging
@@ -22,12 +24,28 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from digitserve.dataplane import DataPlane
-from digitserve.errors import PROBLEM_MEDIA_TYPE, RequestTimeout, problem
+from digitserve.errors import (
+    PROBLEM_MEDIA_TYPE,
+    DigitserveError,
+    InvalidInput,
+    RequestTimeout,
+    problem,
+)
+from digitserve.hardening import NOSNIFF, STRICT_CSP
 from digitserve.logs import logging_config, new_request_id, skip_unused_record_fields
 from digitserve.middleware import ADMITTED_KEY
 from digitserve.settings import Settings
 
 logger = logging.getLogger("digitserve")
+
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+"""Blocks from this size up get a mapping of their own from glibc, unmapped when freed."""
+
+TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
+"""Free memory past this at the top of a heap goes back to the system (glibc's own ratio)."""
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+"""glibc's `mallopt` parameter numbers (malloc.h)."""
 
 WORKER_SILENCE_SECONDS = 60
 """How long gunicorn's arbiter waits for a silent worker (uvicorn checks in every second or so)
@@ -38,7 +56,10 @@ class Admission:
     """How many requests this worker has admitted and not yet answered, against the bound.
 
     One per worker process, shared by its connections (see `TrafficMiddleware` for what happens
-    to a request the worker is too full to admit).
+    to a request the worker is too full to admit). A request is admitted when it is ready to run,
+    that is when its body has arrived whole: a client that trickles its body holds no place, so
+    slow uploads cannot lock other clients out, and the count means what `batching.MicroBatcher`
+    needs it to mean (requests that can reach the model now).
     """
 
     def __init__(self, limit: int) -> None:
@@ -49,6 +70,12 @@ class Admission:
         """Requests admitted and not yet answered (for `batching.MicroBatcher`)."""
         return self.held
 
+    def admit(self, scope: Any) -> None:
+        """Decide, once a request's body is complete, whether it takes a place (`ADMITTED_KEY`)."""
+        admitted = self.held < self.limit
+        scope[ADMITTED_KEY] = admitted
+        self.held += admitted
+
     def counted(self, app: ASGI3Application) -> ASGI3Application:
         """The app, releasing an admitted request's place once the app is done with it."""
 
@@ -58,15 +85,23 @@ class Admission:
             finally:
                 if scope.get(ADMITTED_KEY):
                     self.held -= 1
+                # Answered before its body arrived: never admitted, also when the rest comes.
+                scope[ADMITTED_KEY] = False
 
         return release_when_done
 
 
-class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering 408 when a request's headers take too long.
+class HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a request head past `max_header_bytes`."""
 
-    The clock starts when the connection opens and again when a request's first byte arrives on a
-    kept-alive connection (uvicorn's own keep-alive timeout covers the idle time in between).
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a time and a size limit on request heads, and admission.
+
+    408 when a request's headers take too long: the clock starts when the connection opens and
+    again when a request's first byte arrives on a kept-alive connection (uvicorn's own keep-alive
+    timeout covers the idle time in between). 400 when they are too large. Both in the error
+    envelope, and the connection is closed. A request is admitted once its body is complete.
     """
 
     def __init__(
@@ -82,6 +117,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self.header_deadline: asyncio.TimerHandle | None = None
         self.max_header_bytes = max_header_bytes
         self.head_bytes = 0
+        self.parsed_head_bytes = 0
+        self.head_too_large = False
         self.admission = admission
         self.app = admission.counted(self.app)
 
@@ -93,35 +130,78 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         """Start the clock for a request on a kept-alive connection."""
         super().on_message_begin()
+        self.parsed_head_bytes = 0
         if self.header_deadline is None:
             self._arm()
 
     def data_received(self, data: bytes) -> None:
         """Refuse a request head past `max_header_bytes`: httptools alone buffers any size.
 
-        Only bytes that arrive while a head is still incomplete count, so a body sent in the same
-        packet as its head never does; memory stays within the limit plus one read.
+        Two counts: what the parser has read of the head so far (`on_url`, `on_header`), which
+        refuses a large head even when it arrives in one read; and the bytes received while a head
+        is incomplete, which refuses one endless header line before httptools has buffered more
+        than the limit plus one read. A body sent in the same read as its head never counts.
         """
         if self.header_deadline is not None:
             if self.head_bytes > self.max_header_bytes:
-                self._disarm()
-                self.send_400_response("Request head too large.")
+                self._refuse_head()
                 return
             self.head_bytes += len(data)
         super().data_received(data)
 
+    def on_url(self, url: bytes) -> None:
+        """Count the request target towards the head's size."""
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Count each header line (name, value, separator and line end) towards the head's size."""
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
-        """Stop the clock (from here the app's own time limit applies), and admit the request.
+        """Stop the clock (from here the app's own time limit applies).
+
+        The request is admitted when its body is complete (`on_message_complete`), not here: a
+        body still to come may never come. A request without a body completes in the same read
+        as its head, so it is admitted before its task first runs.
+        """
+        self._disarm()
+        self.scope[ADMITTED_KEY] = None  # type: ignore[literal-required]
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """Admit the request (or find the worker full) now that its body has arrived whole.
 
         Admission is decided here, as the request joins the queue: most requests are served on
         the event loop without yielding, so the app sees them one at a time and never the queue.
+        Probes count too when admitted, but are never refused (the middleware exempts them).
         """
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.scope is self.scope
+            and self.scope.get(ADMITTED_KEY, False) is None
+            and not cycle.response_complete
+        ):
+            self.admission.admit(self.scope)
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """Refuse a malformed request (or a head over the limit) in the envelope, not plain text.
+
+        `msg` is uvicorn's own fixed text, never the client's bytes.
+        """
+        error = (
+            InvalidInput(
+                f"the request line and headers exceed the limit of {self.max_header_bytes} bytes",
+                limit=self.max_header_bytes,
+            )
+            if self.head_too_large
+            else InvalidInput(f"malformed HTTP request: {msg.rstrip('.').lower()}")
+        )
         self._disarm()
-        # Probes count too when admitted, but are never refused (the middleware exempts them).
-        admitted = self.admission.held < self.admission.limit
-        self.scope[ADMITTED_KEY] = admitted  # type: ignore[literal-required]
-        self.admission.held += admitted
-        super().on_headers_complete()
+        self._write_problem(error, b"HTTP/1.1 400 Bad Request")
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the clock with the connection."""
@@ -138,29 +218,47 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self.header_deadline.cancel()
             self.header_deadline = None
 
+    def _count_head(self, size: int) -> None:
+        """Add parsed head bytes; past the limit, stop the parser (uvicorn then answers 400)."""
+        self.parsed_head_bytes += size
+        if self.parsed_head_bytes > self.max_header_bytes:
+            self.head_too_large = True
+            raise HeadTooLarge
+
+    def _refuse_head(self) -> None:
+        """Answer 400 for a head over the limit, and close."""
+        self.head_too_large = True
+        self.send_400_response("Request head too large.")
+
     def _headers_timed_out(self) -> None:
         """Answer 408 in the error envelope and close, unless a response is under way."""
         self.header_deadline = None
         if self.transport.is_closing() or (self.cycle and not self.cycle.response_complete):
             return
-        request_id = new_request_id()
         error = RequestTimeout(
             f"the request headers were not received within {self.header_timeout:g} s",
             limit_seconds=self.header_timeout,
         )
-        body = orjson.dumps(problem(error, request_id))
         logger.warning(
             "request headers not received within %g s; answered 408 and closed",
             self.header_timeout,
             extra={"fields": {"client": ":".join(map(str, self.client or ())), "status": 408}},
         )
+        self._write_problem(error, b"HTTP/1.1 408 Request Timeout")
+
+    def _write_problem(self, error: DigitserveError, status_line: bytes) -> None:
+        """Write an error envelope straight to the socket, outside any request, and close."""
+        request_id = new_request_id()
+        body = orjson.dumps(problem(error, request_id))
         self.transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\n"
-            + b"content-type: "
+            status_line
+            + b"\r\ncontent-type: "
             + PROBLEM_MEDIA_TYPE.encode()
             + b"\r\ncontent-length: "
             + str(len(body)).encode()
-            + b"\r\nconnection: close\r\nx-request-id: "
+            + b"\r\nconnection: close\r\n"
+            + b"".join(name + b": " + value + b"\r\n" for name, value in (NOSNIFF, STRICT_CSP))
+            + b"x-request-id: "
             + request_id.encode()
             + b"\r\n\r\n"
             + body
@@ -201,6 +299,7 @@ def serve(settings: Settings, dataplane: DataPlane) -> None:
     # handler there the process exits 0 after a clean stop, as orchestrators expect.
     signal.signal(signal.SIGTERM, _ignore)
     skip_unused_record_fields()
+    fix_malloc_thresholds()
     dataplane.admitted = admission.count
     app = create_app(settings, dataplane=dataplane, handle_sigterm=True)
     freeze_startup_objects()
@@ -208,6 +307,24 @@ def serve(settings: Settings, dataplane: DataPlane) -> None:
         uvicorn.run(app, **options)
     else:
         serve_forked(app, settings, options)
+
+
+def fix_malloc_thresholds() -> None:
+    """Stop glibc's malloc from raising, as it runs, the sizes at which it gives memory back.
+
+    glibc maps a large block on its own and raises that threshold to the size of each such block
+    freed (up to 32 MiB), and the one past which it shrinks a heap to twice that. After a few
+    10 MB bodies, then, a worker thread's heap kept its 17 MiB of free space for good: under the
+    raised threshold, and out of `malloc_trim`'s reach (which does not shrink a thread's heap).
+    Fixed, blocks of a MiB or more are unmapped when freed, and heaps shrink past 2 MiB free.
+    Nothing to do under another C library (`mallopt` is glibc's).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
 
 
 def freeze_startup_objects() -> None:

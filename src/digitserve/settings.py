@@ -3,9 +3,9 @@
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from digitserve.auth import check_keys, read_key_file
@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     """`none`: serve what is found at start-up; `explicit`: the repository load/unload routes
     change it; `poll`: the folder is watched and changes are served on their own."""
 
+    compile_onnx: bool = True
+    """Serve a scikit-learn model that has no faster way through ONNX Runtime, when its skl2onnx
+    export gives exactly its labels on every check row and is faster (exports are cached in
+    `DIGITSERVE_ONNX_CACHE`, default a folder in the temp dir)."""
+
     model_poll_seconds: float = Field(5.0, gt=0, le=3600)
     """How often the `poll` control mode looks at the repository folder."""
 
@@ -52,6 +57,11 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(10 * MIB, ge=1024)
     """Largest request body accepted; larger ones get 413 before the body is read."""
+
+    max_buffered_body_bytes: int = Field(128 * MIB, ge=1024)
+    """Most body bytes one worker holds at once for requests whose bodies arrive in several reads
+    (anything over a few hundred KiB); past it, 503 `overloaded` with Retry-After. At least
+    `max_body_bytes`. Bounds the memory of uploads in progress, which hold no in-flight place."""
 
     max_image_pixels: int = Field(40_000_000, ge=64)
     """Largest image (width x height) accepted, checked from the header before decoding."""
@@ -79,7 +89,8 @@ class Settings(BaseSettings):
     """How long the first request of a batch waits for others; 0: only those already in hand."""
 
     max_concurrent_requests: int = Field(64, ge=1)
-    """Requests one worker handles at once; beyond it, 503 `overloaded` with Retry-After."""
+    """Requests one worker handles at once; beyond it, 503 `overloaded` with Retry-After. A request
+    counts once its body has arrived (uploads still arriving: see `max_buffered_body_bytes`)."""
 
     request_timeout_seconds: float = Field(30.0, gt=0)
     """Time limit for one request, body upload included; beyond it, 408 `request_timeout`."""
@@ -90,6 +101,16 @@ class Settings(BaseSettings):
 
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
     """Grace period for in-flight requests once the listener has closed; then they are cancelled."""
+
+    @model_validator(mode="after")
+    def _one_body_fits_the_buffer(self) -> Self:
+        """Refuse a buffer budget that not even one body of the largest size could use."""
+        if self.max_buffered_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_buffered_body_bytes ({self.max_buffered_body_bytes}) is below "
+                f"max_body_bytes ({self.max_body_bytes})"
+            )
+        return self
 
     @field_validator("model_path")
     @classmethod
@@ -173,5 +194,5 @@ class Settings(BaseSettings):
     multiply memory, each holding its decoded image, without adding throughput."""
 
     max_header_bytes: int = Field(64 * 1024, ge=4096)
-    """Largest request line plus headers; larger ones are refused with 400 and the connection is
-    closed (httptools alone would buffer heads of any size)."""
+    """Largest request line plus headers, however they arrive; larger ones are refused with 400
+    `invalid_input` and the connection closed (httptools alone would buffer heads of any size)."""

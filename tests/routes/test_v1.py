@@ -217,6 +217,9 @@ def test_400_undecodable_image(client: TestClient) -> None:
         (b'{"inputs": []}', 'one key, "instances"'),
         (b'{"instances": []}', "non-empty list"),
         (b'{"instances": [{"b64": "***"}]}', "item 0: b64 is not valid base64"),
+        (b'{"instances": [{"b64": "QUJD\\n"}]}', "item 0: b64 is not valid base64"),
+        (b'{"instances": [{"b64": "QQ==QQ=="}]}', "item 0: b64 is not valid base64"),
+        (b'{"instances": [{"b64": "\xc3\xa9"}]}', "item 0: b64 is not valid base64"),
         (b'{"instances": [{"url": "http://x"}]}', '{"b64"'),
         (b'{"instances": [[1, 2, 3]]}', "item 0: pixels must hold 64 values"),
         (b'{"instances": ["abc"]}', "item 0: pixels must be a list"),
@@ -331,6 +334,35 @@ def test_413_too_many_images(client: TestClient, render: Renderer, seven: Any) -
     )
     files = [("image", (f"{i}.jpg", render(seven), "image/jpeg")) for i in range(65)]
     assert_problem(client.post(PREDICT, files=files), 413, "too_many_images")
+
+
+def test_413_json_with_more_values_than_its_instances_can_hold(
+    settings: Settings, classifier: Classifier, seven: Any
+) -> None:
+    grid = seven.reshape(8, 8).tolist()
+    # 64 instances of 64 pixels is the most a request may carry (as many commas as can be).
+    most = json.dumps({"instances": [grid] * 32 + [seven.tolist()] * 32}).encode()
+    five_million = b'{"instances": [[' + b"0," * 5_000_000 + b"0]]}"
+    two = settings.model_copy(update={"max_images_per_request": 2})
+    with TestClient(create_app(settings, classifier)) as client:
+        response = client.post(PREDICT, content=most, headers={"content-type": "application/json"})
+        assert response.status_code == 200
+        assert len(response.json()["predictions"]) == 64
+        # Refused from a count of its commas, before a single list is built.
+        refused = client.post(
+            PREDICT, content=five_million, headers={"content-type": "application/json"}
+        )
+        body = assert_problem(refused, 413, "too_many_images")
+        assert body["limit"] == 64
+        assert body["detail"] == (
+            "the JSON body holds more values than 64 instances of 64 pixels; "
+            "the limit is 64 instances"
+        )
+    with TestClient(create_app(two, classifier)) as client:
+        ok = client.post(PREDICT, json={"instances": [seven.tolist()] * 2})
+        assert ok.status_code == 200
+        over = client.post(PREDICT, json={"instances": [seven.tolist()] * 3})
+        assert assert_problem(over, 413, "too_many_images")["limit"] == 2
 
 
 def test_415_unsupported_media_types(client: TestClient) -> None:

@@ -1,5 +1,6 @@
 """Reading request bodies within the limits: size before content, and multipart kept in memory."""
 
+import io
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
@@ -18,7 +19,14 @@ def media_type_of(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """Read the whole body, refusing it as soon as it is known to exceed `limit` bytes."""
+    """Read the whole body, refusing it as soon as it is known to exceed `limit` bytes.
+
+    The pieces are written to one buffer as they arrive, which then becomes the body without a
+    copy, rather than kept and joined: kept, the pieces of a large body (a few hundred KiB each)
+    scatter over the allocator's heap, which holds on to the holes after the request, and the join
+    needs the body's size twice over. The buffer is not sized from Content-Length up front: a
+    client that declares 10 MB and sends nothing would hold 10 MB.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -27,17 +35,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(
                 f"request body is {declared} bytes; the limit is {limit}", limit=limit
             )
-    chunks: list[bytes] = []
-    size = 0
+    buffer = io.BytesIO()
     try:
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
+            if buffer.tell() + len(chunk) > limit:
                 raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes", limit=limit)
-            chunks.append(chunk)
+            buffer.write(chunk)
     except ClientDisconnect as exc:
         raise InvalidInput("the client closed the connection before the body was complete") from exc
-    return b"".join(chunks)
+    return buffer.getvalue()
 
 
 @dataclass

@@ -30,9 +30,21 @@ Handler = Callable[..., Awaitable[Response]]
 
 
 def problem_response(request: Request, error: DigitserveError) -> Response:
-    """Render any error in the one envelope, and leave its code for the access log and metrics."""
+    """Render any error in the one envelope, and leave its code for the access log and metrics.
+
+    The error is answered, so its traceback (and its causes') is dropped: the frames in it hold
+    the request's body, parsed JSON and decoded images, in a reference cycle whenever the error
+    came from a worker thread (the frame that awaited it holds the future that holds it), which
+    only the garbage collector frees, often much later (hundreds of MB under a flood of them).
+    """
     request_id = getattr(request.state, "request_id", None)
     setattr(request.state, ERROR_CODE_KEY, error.code)
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        cause.__traceback__ = None
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
     return Response(
         orjson.dumps(problem(error, request_id)),
         status_code=error.status,

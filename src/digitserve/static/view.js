@@ -1,4 +1,4 @@
-// Rendering: the verdict, a bar per class, warnings, errors, the 8x8 grid and the model card.
+// Rendering: the verdict, a bar per class, warnings, errors, the 8x8 grid and the model cards.
 // Text goes in with textContent only: nothing the service or a file name says is parsed as HTML.
 
 const LEVELS = 16;
@@ -14,26 +14,59 @@ function percent(value) {
   return `${(value * 100).toFixed(value >= 0.9995 || value < 0.0005 ? 0 : 1)}%`;
 }
 
-/** Every element the views write to, looked up once. */
-export function elements(root = document) {
-  const byId = (id) => root.getElementById(id);
+/** Every element a reading writes to, found inside its section (the page has one per model
+ * shown). */
+export function readingElements(section) {
+  const part = (selector) => section.querySelector(selector);
   return {
-    result: byId("result"),
-    digit: byId("digit"),
-    summary: byId("summary"),
-    grid: byId("grid"),
-    gridTable: byId("grid-table").tBodies[0],
-    details: byId("details"),
-    scores: byId("scores"),
-    warnings: byId("warnings"),
-    error: byId("error"),
-    errorTitle: byId("error-title"),
-    errorDetail: byId("error-detail"),
-    errorMeta: byId("error-meta"),
-    cardDescription: byId("card-description"),
-    cardFacts: byId("card-facts"),
-    cardLinks: byId("card-links"),
+    result: section,
+    title: part("h2"),
+    digit: part(".digit"),
+    summary: part(".summary"),
+    answered: part(".answered"),
+    grid: part(".seen canvas"),
+    gridTable: part(".values table").tBodies[0],
+    details: part(".details"),
+    scores: part(".scores"),
+    warnings: part(".warnings"),
+    error: part(".problem"),
+    errorTitle: part(".problem-title"),
+    errorDetail: part(".problem-detail"),
+    errorMeta: part(".problem-meta"),
   };
+}
+
+/** The parts of one model's block in the model card panel. */
+export function cardElements(block) {
+  return {
+    block,
+    name: block.querySelector(".card-name"),
+    description: block.querySelector(".card-description"),
+    facts: block.querySelector(".facts"),
+  };
+}
+
+/** A hidden copy of a section for a second model, placed after it; its ids, and the references
+ * to them, get `suffix` so they stay unique. */
+export function duplicate(node, suffix) {
+  const copy = node.cloneNode(true);
+  const nodes = [copy, ...copy.querySelectorAll("*")];
+  const ids = new Set(nodes.map((el) => el.id).filter(Boolean));
+  for (const el of nodes) {
+    if (el.id) el.id += suffix;
+    for (const name of ["for", "aria-labelledby", "aria-describedby"]) {
+      const value = el.getAttribute(name);
+      if (value) el.setAttribute(name, value.split(" ").map((id) => (ids.has(id) ? id + suffix : id)).join(" "));
+    }
+  }
+  copy.hidden = true;
+  node.after(copy);
+  return copy;
+}
+
+/** Head a reading with the name of its model, or generically when only one model is served. */
+export function nameReading(view, name) {
+  view.title.textContent = name ? `What ${name} reads` : "What the model reads";
 }
 
 function setState(view, state) {
@@ -52,6 +85,7 @@ export function showIdle(view, message) {
   view.digit.textContent = "?";
   view.summary.textContent = message;
   delete view.result.dataset.label;
+  showAnswered(view, null);
   showWarnings(view, []);
   showScores(view, null, []);
   showGrid(view, null);
@@ -74,6 +108,7 @@ export function showPrediction(view, { model, prediction }, classes) {
     typeof prediction.confidence === "number"
       ? `Reads ${label}, ${percent(prediction.confidence)} sure.`
       : `Reads ${label}. This model gives raw decision scores, not probabilities.`;
+  showAnswered(view, model);
   showWarnings(view, Array.isArray(prediction.warnings) ? prediction.warnings : []);
   showScores(view, scores, classes.length > 0 ? classes : Object.keys(scores), label, isProbability);
   showGrid(view, Array.isArray(prediction.pixels) ? prediction.pixels : null);
@@ -95,10 +130,18 @@ export function showError(view, error) {
   view.digit.textContent = "!";
   view.summary.textContent = "No reading: see the message below.";
   delete view.result.dataset.label;
+  showAnswered(view, null);
   showWarnings(view, []);
   showScores(view, null, []);
   showGrid(view, null);
   setState(view, "error");
+}
+
+/** Which model and version answered: the service says, so a reading is never misattributed. */
+function showAnswered(view, model) {
+  const known = Boolean(model && model.name);
+  view.answered.textContent = known ? `Answered by ${model.name}, version ${model.version ?? "?"}` : "";
+  view.answered.hidden = !known;
 }
 
 function showWarnings(view, warnings) {
@@ -169,43 +212,59 @@ function showGrid(view, pixels) {
   );
 }
 
-function fact(view, term, value) {
-  view.cardFacts.append(element("dt", "", term), element("dd", "", value));
+function fact(card, term, value) {
+  card.facts.append(element("dt", "", term), element("dd", "", value));
 }
 
-function link(view, href, text) {
+/** One model's card: what it is, its classes, version, accuracy; returns its classes. The heading
+ * names the model when several are served (`name`), and is hidden otherwise. */
+export function showCard(card, model, name = null) {
+  showCardName(card, name);
+  card.description.textContent = model.description || "A scikit-learn classifier of 8x8 digit images.";
+  card.facts.replaceChildren();
+  fact(card, "Model", `${model.name} ${model.version}`);
+  const classes = Array.isArray(model.classes) ? model.classes : [];
+  fact(card, "Classes", classes.join(" "));
+  fact(card, "Scores", model.scores === "decision_scores" ? "raw decision scores" : "calibrated probabilities");
+  const accuracy = model.training && model.training.test_accuracy;
+  if (typeof accuracy === "number") {
+    const samples = model.training.test_samples ? ` on ${model.training.test_samples} held-out digits` : " held out";
+    fact(card, "Accuracy", `${percent(accuracy)}${samples}`);
+  }
+  if (model.estimator) fact(card, "Estimator", model.estimator);
+  if (model.sha256) fact(card, "sha256", `${model.sha256.slice(0, 12)}…`);
+  return classes;
+}
+
+/** A model's card could not be read: say so in its block. */
+export function showCardError(card, error, name = null) {
+  showCardName(card, name);
+  card.description.textContent = `${error.headline}: ${error.detail}`;
+  card.facts.replaceChildren();
+}
+
+function showCardName(card, name) {
+  card.name.textContent = name || "";
+  card.name.hidden = !name;
+}
+
+function link(list, href, text) {
   const item = element("li");
   const anchor = element("a", "", text);
   anchor.href = href;
   item.append(anchor);
-  view.cardLinks.append(item);
+  list.append(item);
 }
 
-/** The model card: what the model is, its classes, version, accuracy and where to learn more. */
-export function showCard(view, card, index, cardUrl) {
-  view.cardDescription.textContent = card.description || "A scikit-learn classifier of 8x8 digit images.";
-  view.cardFacts.replaceChildren();
-  fact(view, "Model", `${card.name} ${card.version}`);
-  const classes = Array.isArray(card.classes) ? card.classes : [];
-  fact(view, "Classes", classes.join(" "));
-  fact(view, "Scores", card.scores === "decision_scores" ? "raw decision scores" : "calibrated probabilities");
-  const accuracy = card.training && card.training.test_accuracy;
-  if (typeof accuracy === "number") {
-    const samples = card.training.test_samples ? ` on ${card.training.test_samples} held-out digits` : " held out";
-    fact(view, "Accuracy", `${percent(accuracy)}${samples}`);
+/** The panel's links: each shown model's JSON card, the API docs and index, and the metrics when
+ * the index lists them. */
+export function showCardLinks(list, models, index) {
+  list.replaceChildren();
+  for (const { name, cardUrl } of models) {
+    link(list, cardUrl, models.length > 1 ? `Model card of ${name} (JSON)` : "Model card (JSON)");
   }
-  if (card.estimator) fact(view, "Estimator", card.estimator);
-  if (card.sha256) fact(view, "sha256", `${card.sha256.slice(0, 12)}…`);
-  view.cardLinks.replaceChildren();
-  link(view, cardUrl, "Model card (JSON)");
-  link(view, "docs", "Interactive API docs");
-  link(view, "v1", "API index (JSON)");
+  link(list, "docs", "Interactive API docs");
+  link(list, "v1", "API index (JSON)");
   const links = (index && index.links) || {};
-  if (typeof links.metrics === "string") link(view, links.metrics.replace(/^\//, ""), "Metrics");
-  return classes;
-}
-
-/** The model card could not be read: say so in the panel. */
-export function showCardError(view, error) {
-  view.cardDescription.textContent = `${error.headline}: ${error.detail}`;
+  if (typeof links.metrics === "string") link(list, links.metrics.replace(/^\//, ""), "Metrics");
 }
