@@ -10,7 +10,7 @@ DEV := $(VENV)/.dev-installed
 ARGS ?=
 
 .PHONY: install install-dev sysdeps serve check test lint typecheck pytest docs docs-serve bench \
-	train evalset evaluate lock clean
+	train evalset evaluate protos lock clean
 
 $(RUNTIME): pyproject.toml requirements/runtime.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "digitserve needs Python 3.11 or newer")'
@@ -85,6 +85,9 @@ evalset: $(RUNTIME)  ## render the evaluation set into evalset/ (git-ignored)
 evaluate: $(RUNTIME)  ## plain pipeline vs digitserve on evalset/, report in evalset/report.md
 	$(BIN)/digitserve evaluate evalset --plain
 	$(BIN)/digitserve evaluate evalset --report evalset/report.md
+
+protos: $(DEV)  ## regenerate src/digitserve/protos/*_pb2* from grpc_predict_v2.proto (commit them)
+	$(BIN)/python -m digitserve.protos.generate
 
 lock:  ## re-resolve requirements/*.txt from pyproject.toml in clean environments
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet --upgrade pip

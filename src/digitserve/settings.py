@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on (0 picks a free one)."""
 
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+    """TCP port for the Open Inference Protocol over gRPC, on the same interface; unset: no gRPC
+    (0 picks a free one, in one process only)."""
+
     workers: int = Field(1, ge=1, le=64)
     """Worker processes; each loads the model once before serving."""
 
