@@ -1,7 +1,9 @@
 # digitserve: the digits classifier behind a REST API.
 # Build: docker build -t digitserve .
 # Run:   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp digitserve
-# The base is pinned by tag; pin it by digest too where you can resolve one (see README).
+# gRPC too (the Open Inference Protocol, off unless a port is set):
+#        docker run --rm -p 8000:8000 -p 8081:8081 -e DIGITSERVE_GRPC_PORT=8081 ... digitserve
+# The base is pinned by tag; pin it by digest too where you can resolve one (see docs/deploying.md).
 
 # Build stage: a virtual environment with the pinned dependencies and digitserve, nothing else.
 FROM python:3.11.7-slim-bookworm AS build
@@ -33,7 +35,8 @@ WORKDIR /app
 # Nothing is written outside /tmp (the Prometheus files of several workers go there): run with a
 # read-only root filesystem and a tmpfs on /tmp.
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (REST, /v1 and /v2); 8081: gRPC, served when DIGITSERVE_GRPC_PORT=8081.
+EXPOSE 8000 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
 STOPSIGNAL SIGTERM

@@ -27,6 +27,8 @@ class Body:
     labels: tuple[int, ...]
     path: str | None = None
     """Where digitserve takes this body, when not its native predict route."""
+    pixels: tuple[int, ...] | None = None
+    """The one row of pixels the body carries, for the gRPC cell to send the same tensor."""
 
 
 def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -71,6 +73,7 @@ def make_bodies() -> dict[str, Body]:
     batch = [int(i) for i in np.flatnonzero(correct)[:16]]
     batch_body, batch_type = multipart([_jpeg(render_digit(rows[i], 8), 95) for i in batch])
     eight_px = _jpeg(render_digit(rows[seven], 8), 95)
+    pixels = tuple(int(value) for value in rows[seven])
     return {
         "jpeg-8px": Body("jpeg-8px", eight_px, "image/jpeg", (7,)),
         "jpeg-256px": Body(
@@ -98,6 +101,22 @@ def make_bodies() -> dict[str, Body]:
             "application/json",
             (7,),
             "/v2/models/digits/infer",
+        ),
+        # The same tensor goes over gRPC in the `grpc` cell (bench/grpc_load.py).
+        "oip-pixels": Body(
+            "oip-pixels",
+            json.dumps(
+                {
+                    "inputs": [
+                        {"name": "pixels", "shape": [1, 64], "datatype": "INT64", "data": pixels}
+                    ],
+                    "outputs": [{"name": "label"}, {"name": "probabilities"}],
+                }
+            ).encode(),
+            "application/json",
+            (7,),
+            "/v2/models/digits/infer",
+            pixels,
         ),
     }
 

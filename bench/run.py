@@ -3,7 +3,9 @@
 Each server runs pinned to core 0 (`taskset`), wrk drives it from core 1. For every body and
 concurrency it records req/s, latency percentiles, server CPU time per request (the whole process
 tree), errors by status and resident memory, checks the answers' labels on a sample, and writes
-JSON and a markdown table with ratios against the baselines measured in the same run.
+JSON and a markdown table with ratios against the baselines measured in the same run. The body
+`oip-pixels` is also sent to digitserve over gRPC (`digitserve-grpc`, driven by bench/grpc_load.py
+from core 1), the same tensor as over REST, in the same rounds.
 
     python -m bench.run            # the full run (a few minutes)
     python -m bench.run --smoke    # a few seconds, as CI runs it
@@ -52,6 +54,8 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    grpc_port: int = 0
+    """digitserve's gRPC port (`{grpc_port}` in its command)."""
 
     def url(self, body: Body) -> str:
         """Where this server takes the body: digitserve has a route per protocol."""
@@ -100,7 +104,16 @@ def servers(workers: int) -> list[Server]:
     return [
         Server(
             "digitserve",
-            [str(bindir / "digitserve"), "serve", "--workers", str(workers), "--port", "{port}"],
+            [
+                str(bindir / "digitserve"),
+                "serve",
+                "--workers",
+                str(workers),
+                "--port",
+                "{port}",
+                "--grpc-port",
+                "{grpc_port}",
+            ],
             "/v1/models/digits:predict",
         ),
         Server(
@@ -130,11 +143,12 @@ def bare_uvicorn(app: str) -> list[str]:
 
 def start(server: Server) -> None:
     server.port = free_port()
+    server.grpc_port = free_port()
     command = [
         "taskset",
         "-c",
         SERVER_CORE,
-        *(part.format(port=server.port) for part in server.command),
+        *(part.format(port=server.port, grpc_port=server.grpc_port) for part in server.command),
     ]
     server.process = subprocess.Popen(
         command,
@@ -296,6 +310,86 @@ def measure(
         cpu_us_per_request=used / count * 1e6,
         errors=errors,
         statuses=statuses,
+        rss_mb=rss_mb(server.process.pid),
+        pss_mb=pss_mb(server.process.pid),
+        labels_ok=labels_ok,
+        model_calls=None if calls_after is None else calls_after[0] - calls_before[0],
+        model_rows=None if calls_after is None else calls_after[1] - calls_before[1],
+    )
+
+
+GRPC = "digitserve-grpc"
+"""The name of digitserve's gRPC cells in the results."""
+
+
+def grpc_labels_of(server: Server, body: Body) -> tuple[int, ...]:
+    """The labels digitserve gives for the body's pixels over gRPC (after any backlog)."""
+    import grpc
+
+    from bench.grpc_load import METHOD, labels_of, request_bytes
+
+    assert body.pixels is not None
+    deadline = time.monotonic() + SETTLE_SECONDS
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        call = channel.unary_unary(METHOD)
+        while True:
+            try:
+                return labels_of(call(request_bytes(list(body.pixels)), timeout=30))
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                    return ()
+                time.sleep(1)
+
+
+def grpc_load(server: Server, body: Body, concurrency: int, seconds: float) -> dict[str, Any]:
+    """bench/grpc_load.py against digitserve's gRPC port, from the load core."""
+    assert body.pixels is not None
+    command = [
+        "taskset",
+        "-c",
+        LOAD_CORE,
+        sys.executable,
+        "-m",
+        "bench.grpc_load",
+        f"127.0.0.1:{server.grpc_port}",
+        "--pixels",
+        ",".join(map(str, body.pixels)),
+        "--concurrency",
+        str(concurrency),
+        "--seconds",
+        str(max(1.0, seconds)),
+    ]
+    output = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"^GRPCJSON (.*)$", output, re.MULTILINE)
+    if not match:
+        raise RuntimeError(f"grpc_load printed no summary: {output}")
+    summary: dict[str, Any] = json.loads(match.group(1))
+    return summary
+
+
+def measure_grpc(server: Server, body: Body, concurrency: int, seconds: float) -> Result:
+    """The gRPC cell: the body's tensor over gRPC, measured as `measure` measures REST."""
+    assert server.process is not None
+    labels_ok = grpc_labels_of(server, body) == body.labels
+    calls_before = model_calls(server)
+    before = cpu_seconds(server.process.pid)
+    summary = grpc_load(server, body, concurrency, seconds)
+    used = cpu_seconds(server.process.pid) - before
+    calls_after = model_calls(server)
+    labels_ok = labels_ok and grpc_labels_of(server, body) == body.labels
+    count = max(summary["requests"], 1)
+    return Result(
+        server=GRPC,
+        body=body.name,
+        concurrency=concurrency,
+        requests=summary["requests"],
+        seconds=summary["duration_us"] / 1e6,
+        rps=summary["requests"] / (summary["duration_us"] / 1e6),
+        p50_ms=summary["p50_us"] / 1000,
+        p99_ms=summary["p99_us"] / 1000,
+        cpu_us_per_request=used / count * 1e6,
+        errors=summary["status_errors"],
+        statuses=summary["statuses"],
         rss_mb=rss_mb(server.process.pid),
         pss_mb=pss_mb(server.process.pid),
         labels_ok=labels_ok,
@@ -485,6 +579,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "In process (µs per image): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+        "",  # a list needs a blank line before it in Markdown (the docs site includes this file)
     ]
     for line in report["targets"]:
         lines.append(f"- {line}")
@@ -537,6 +632,14 @@ def targets(report: dict[str, Any]) -> list[str]:
                 f"{answered:.0f} answers/s with 200, {shed / max(r['requests'], 1):.0%} shed with 503, "
                 f"other errors {other}, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"
             )
+    for c in report["concurrency"]:
+        rest, grpc = (by_key.get((s, "oip-pixels", c)) for s in ("digitserve", GRPC))
+        if rest and grpc:
+            lines.append(
+                f"pixels [1, 64], c={c}: gRPC {grpc['rps']:.0f} req/s, CPU {grpc['cpu_us_per_request']:.0f} µs/req, "
+                f"p50 {grpc['p50_ms']:.2f} ms vs REST (JSON) {rest['rps']:.0f} req/s, CPU {rest['cpu_us_per_request']:.0f} µs/req, "
+                f"p50 {rest['p50_ms']:.2f} ms (the gRPC client is Python: compare CPU per request)"
+            )
     rss = [r["rss_mb"] for r in report["results"] if r["server"] == "digitserve"]
     if rss:
         lines.append(
@@ -558,7 +661,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="a few seconds: three bodies, one concurrency"
+        "--smoke",
+        action="store_true",
+        help="a few seconds: four bodies (one also over gRPC), one concurrency",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="per cell and server")
     parser.add_argument(
@@ -584,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.smoke:
         args.seconds, args.rounds, args.concurrency, args.overload = 1.0, 2, [8], 0
-        args.bodies = args.bodies or ["jpeg-8px", "multipart-16", "oip-json-8px"]
+        args.bodies = args.bodies or ["jpeg-8px", "multipart-16", "oip-json-8px", "oip-pixels"]
     bodies = make_bodies()
     chosen = {name: bodies[name] for name in (args.bodies or bodies)}
     report: dict[str, Any] = {
@@ -619,18 +724,28 @@ def main(argv: list[str] | None = None) -> int:
                         for server in wanted
                         if server.name not in JPEG_ONLY or body.content_type == "image/jpeg"
                     ]
+                    # The same tensor over gRPC, taken in turn with the REST cells.
+                    grpc_taker = next(
+                        (s for s in takers if s.name == "digitserve" and body.pixels), None
+                    )
                     # Short rounds, servers in turn: a drift in the machine's load falls on all.
                     rounds: dict[str, list[Result]] = {server.name: [] for server in takers}
+                    if grpc_taker is not None:
+                        rounds[GRPC] = []
                     for _ in range(args.rounds):
                         for server in takers:
                             rounds[server.name].append(
                                 measure(server, body, files[name], concurrency, per_round)
                             )
-                    for server in takers:
-                        result = merged(rounds[server.name])
+                        if grpc_taker is not None:
+                            rounds[GRPC].append(
+                                measure_grpc(grpc_taker, body, concurrency, per_round)
+                            )
+                    for cell in rounds:
+                        result = merged(rounds[cell])
                         report["results"].append(asdict(result))
                         print(
-                            f"{server.name:12} {name:14} c={concurrency:<3} {result.rps:8.0f} req/s "
+                            f"{cell:12} {name:14} c={concurrency:<3} {result.rps:8.0f} req/s "
                             f"p50 {result.p50_ms:7.2f} ms p99 {result.p99_ms:7.2f} ms "
                             f"cpu {result.cpu_us_per_request:6.0f} µs errors {result.errors} "
                             f"labels {'ok' if result.labels_ok else 'WRONG'}",

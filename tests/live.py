@@ -20,6 +20,8 @@ class LiveServer:
 
     process: subprocess.Popen[bytes]
     url: str
+    grpc: str = ""
+    """host:port of its gRPC server, when started with one."""
 
 
 def free_port() -> int:
@@ -31,14 +33,21 @@ def free_port() -> int:
 
 
 def start_server(
-    *args: str, env: dict[str, str] | None = None, output: IO[bytes] | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    output: IO[bytes] | None = None,
+    grpc: bool = False,
 ) -> LiveServer:
     """Start the CLI's server and wait until /readyz says it is ready.
 
     `env` adds DIGITSERVE_* variables; `output` takes its log instead of a pipe (a pipe nobody
-    reads fills up after a few hundred log lines and stalls the server).
+    reads fills up after a few hundred log lines and stalls the server); `grpc` serves gRPC too,
+    on another free port.
     """
     port = free_port()
+    grpc_port = free_port() if grpc else None
+    if grpc_port is not None:
+        args = (*args, "--grpc-port", str(grpc_port))
     process = subprocess.Popen(
         [
             sys.executable,
@@ -64,7 +73,7 @@ def start_server(
             raise RuntimeError(f"server exited early: {log!r}")
         try:
             if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return LiveServer(process, url)
+                return LiveServer(process, url, f"127.0.0.1:{grpc_port}" if grpc_port else "")
         except requests.RequestException:  # refused, or accepted before a worker is up
             time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)

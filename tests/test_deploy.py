@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
 import pytest
 import requests
 import yaml
 
+from digitserve.grpc_server import LIVENESS, READINESS
 from digitserve.repository import MODEL_NAME
 from digitserve.settings import Settings
 from tests.conftest import DATA_DIR, MODEL_PATH, ROOT
@@ -28,6 +30,7 @@ from tests.live import free_port
 
 DEPLOY = ROOT / "deploy"
 PORT = 8000
+GRPC_PORT = 8081
 IMAGE = "digitserve:0.1.0"
 KSERVE_MODEL_DIR = "/mnt/models"
 """Where KServe's storage initializer leaves an InferenceService's storageUri."""
@@ -108,7 +111,11 @@ def test_deployment_probes_ports_resources_and_security() -> None:
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["image"] == IMAGE
-    assert container["ports"] == [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+    ]
+    assert env_of(container)["DIGITSERVE_GRPC_PORT"] == str(GRPC_PORT)
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
@@ -176,8 +183,10 @@ def test_service_hpa_and_pdb_point_at_the_deployment() -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = one(DEPLOY / "kubernetes" / "service.yaml", "Service")
     assert service["spec"]["selector"].items() <= labels.items()
-    [port] = service["spec"]["ports"]
-    assert port["targetPort"] == "http"
+    http, grpc = service["spec"]["ports"]
+    assert http["targetPort"] == "http"
+    assert (grpc["targetPort"], grpc["port"]) == ("grpc", GRPC_PORT)
+    assert grpc["appProtocol"] == "kubernetes.io/h2c"  # HTTP/2 without TLS
     hpa = one(DEPLOY / "kubernetes" / "hpa.yaml", "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
@@ -212,6 +221,36 @@ def test_kserve_runs_the_image_as_an_open_inference_protocol_runtime() -> None:
     # namespace keep their runtimes (a namespace's runtimes come before the cluster's).
     assert {name for name, entry in formats.items() if entry["autoSelect"]} == {"digitserve"}
     assert set(formats) == {"digitserve", "sklearn", "onnx"}
+
+
+def test_kserve_grpc_runtime_exposes_the_grpc_port_as_h2c() -> None:
+    rest = one(DEPLOY / "kserve" / "servingruntime.yaml", "ServingRuntime")
+    runtime = one(DEPLOY / "kserve" / "servingruntime-grpc.yaml", "ServingRuntime")
+    service = one(DEPLOY / "kserve" / "inferenceservice-grpc.yaml", "InferenceService")
+    assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
+    [container] = runtime["spec"]["containers"]
+    [rest_container] = rest["spec"]["containers"]
+    # KServe exposes one port per container: the gRPC one, named as Knative expects.
+    assert container["ports"] == [{"name": "h2c", "containerPort": GRPC_PORT, "protocol": "TCP"}]
+    env = env_of(container)
+    assert env["DIGITSERVE_GRPC_PORT"] == str(GRPC_PORT)
+    assert env.items() >= env_of(rest_container).items()
+    for key in ("image", "command", "args", "resources", "securityContext"):
+        assert container[key] == rest_container[key], key
+    assert container["readinessProbe"]["grpc"] == {"port": GRPC_PORT, "service": READINESS}
+    assert container["livenessProbe"]["grpc"] == {"port": GRPC_PORT, "service": LIVENESS}
+    model = service["spec"]["predictor"]["model"]
+    assert (model["runtime"], model["protocolVersion"]) == ("digitserve-grpc", "grpc-v2")
+    formats = {entry["name"]: entry for entry in runtime["spec"]["supportedModelFormats"]}
+    assert model["modelFormat"]["name"] in formats
+    assert not any(entry["autoSelect"] for entry in formats.values())  # only when named
+
+
+def test_the_image_exposes_both_ports() -> None:
+    [expose] = [line for line in instructions(ROOT / "Dockerfile") if line.startswith("EXPOSE ")]
+    assert expose.split()[1:] == [str(PORT), str(GRPC_PORT)]
+    # gRPC stays off unless asked for: the image does not set its port.
+    assert "DIGITSERVE_GRPC_PORT" not in " ".join(instructions(ROOT / "Dockerfile"))
 
 
 def test_kserve_serves_the_storage_uri_under_the_inference_service_name() -> None:
@@ -372,6 +411,63 @@ def test_the_kserve_container_serves_mnt_models_under_the_service_name(
             assert requests.get(f"{url}/v2/models/digits/ready", timeout=5).status_code == 404
         finally:
             # SIGINT: no shutdown delay (the runtime's 5 s are for KServe's endpoints).
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                raise
+    assert process.returncode == 0
+
+
+@pytest.mark.integration
+def test_the_kserve_grpc_container_answers_its_probes_and_infers(
+    kserve_storage: Path, tmp_path: Path
+) -> None:
+    """The gRPC runtime's container, run locally: its probes' health services, then a call."""
+    import grpc
+    import tritonclient.grpc as triton
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    runtime = one(DEPLOY / "kserve" / "servingruntime-grpc.yaml", "ServingRuntime")
+    [container] = runtime["spec"]["containers"]
+    name = "my-digits"
+    args = [arg.replace("{{.Name}}", name) for arg in container["args"]]
+    _, *rest = container["command"]
+    env = env_of(container) | {
+        "DIGITSERVE_MODEL_PATH": str(kserve_storage),
+        "DIGITSERVE_HOST": "127.0.0.1",
+        "DIGITSERVE_PORT": str(free_port()),
+        "DIGITSERVE_GRPC_PORT": str(free_port()),  # the runtime's 8081, locally
+    }
+    outside = {key: value for key, value in os.environ.items() if not key.startswith("DIGITSERVE_")}
+    target = f"127.0.0.1:{env['DIGITSERVE_GRPC_PORT']}"
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "digitserve", *rest, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=outside | env,
+            start_new_session=True,
+        )
+        try:
+            wait_until_ready(process, f"http://127.0.0.1:{env['DIGITSERVE_PORT']}", log_path)
+            with grpc.insecure_channel(target) as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                for probe in ("readinessProbe", "livenessProbe"):
+                    service = container[probe]["grpc"]["service"]
+                    reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+                    assert reply.status == health_pb2.HealthCheckResponse.SERVING, probe
+            client = triton.InferenceServerClient(target)
+            image = triton.InferInput("image", [1], "BYTES")
+            image.set_data_from_numpy(
+                np.array([(DATA_DIR / "7_64px.jpg").read_bytes()], dtype=np.object_)
+            )
+            result = client.infer(name, [image])
+            client.close()
+            assert result.as_numpy("label").tolist() == [7]
+        finally:
             process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=30)

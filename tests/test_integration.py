@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +68,38 @@ def test_held_out_digits_as_jpegs_agree_with_raw_vectors(
     assert agreement >= 0.99
 
 
+def predict_together(server: LiveServer, bodies: list[bytes]) -> list[object]:
+    """Send every request but its last byte, then all the last bytes at once, and read answers.
+
+    A request is admitted (and counts for batching) once its body is complete: sent like this,
+    the bodies complete within microseconds of each other, so the requests meet in the worker.
+    """
+    port = int(server.url.rsplit(":", 1)[1])
+    sockets = []
+    for body in bodies:
+        connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+        head = (
+            "POST /v1/models/digits:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        connection.sendall(head + body[:-1])
+        sockets.append(connection)
+    time.sleep(0.2)  # every head and all but one byte of every body are in the server
+    for connection, body in zip(sockets, bodies, strict=True):
+        connection.sendall(body[-1:])
+    answers = []
+    for connection in sockets:
+        with connection:
+            data = b""
+            while chunk := connection.recv(65536):
+                data += chunk
+        head, _, payload = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), data[:300]
+        answers.append(json.loads(payload)["predictions"])
+    return answers
+
+
 def test_concurrent_requests_share_model_calls_and_get_the_answers_made_alone(
     split: Split, render: Renderer
 ) -> None:
@@ -91,8 +122,7 @@ def test_concurrent_requests_share_model_calls_and_get_the_answers_made_alone(
             return response.json()["predictions"]
 
         alone = [predict(body) for body in bodies]  # one at a time: each alone, no wait
-        with ThreadPoolExecutor(len(bodies)) as pool:
-            together = list(pool.map(predict, bodies))
+        together = predict_together(server, bodies)
         assert together == alone  # every score, to the last digit
         metrics = requests.get(f"{server.url}/metrics", timeout=10).text
         samples = {
@@ -174,6 +204,11 @@ def test_two_workers_share_the_model_are_replaced_and_stop_cleanly() -> None:
     try:
         predict_often(server.url, 20)
         arbiter = psutil.Process(server.process.pid)
+        # gunicorn forks its workers up to 0.1 s apart, and the first one answers /readyz.
+        deadline = time.monotonic() + 30
+        while len(arbiter.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        predict_often(server.url, 20)
         workers = arbiter.children()
         assert len(workers) == 2
         for worker in workers:

@@ -67,14 +67,29 @@ def test_metrics_count_requests_predictions_errors_and_stages(client: TestClient
     assert response.headers["content-type"].startswith("text/plain; version=")
     assert "/no/such/path" not in response.text
     parsed = samples(response.text)
-    route = {"route": PREDICT_ROUTE, "method": "POST"}
+    route = {"protocol": "http", "route": PREDICT_ROUTE, "method": "POST"}
     assert value(parsed, "digitserve_requests_total", status="200", **route) == 4
     assert value(parsed, "digitserve_requests_total", status="400", **route) == 1
     assert (
-        value(parsed, "digitserve_requests_total", route="unmatched", method="GET", status="404")
+        value(
+            parsed,
+            "digitserve_requests_total",
+            protocol="http",
+            route="unmatched",
+            method="GET",
+            status="404",
+        )
         == 1
     )
-    assert value(parsed, "digitserve_request_duration_seconds_count", route=PREDICT_ROUTE) == 5
+    assert (
+        value(
+            parsed,
+            "digitserve_request_duration_seconds_count",
+            protocol="http",
+            route=PREDICT_ROUTE,
+        )
+        == 5
+    )
     assert (
         value(parsed, "digitserve_predictions_total", model="digits", version="1", label="7") == 5
     )
@@ -131,6 +146,7 @@ def test_each_app_owns_its_registry(settings: Settings, classifier: Classifier) 
         count_first = value(
             samples(first.get("/metrics").text),
             "digitserve_requests_total",
+            protocol="http",
             route="/healthz",
             method="GET",
             status="200",
@@ -138,6 +154,7 @@ def test_each_app_owns_its_registry(settings: Settings, classifier: Classifier) 
         count_second = value(
             samples(second.get("/metrics").text),
             "digitserve_requests_total",
+            protocol="http",
             route="/healthz",
             method="GET",
             status="200",
@@ -207,6 +224,7 @@ def test_two_workers_add_up_in_one_scrape(tmp_path: Path) -> None:
                 value(
                     parsed,
                     "digitserve_requests_total",
+                    protocol="http",
                     route=PREDICT_ROUTE,
                     method="POST",
                     status="200",

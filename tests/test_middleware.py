@@ -167,8 +167,8 @@ def test_a_stalled_body_is_cut_at_the_time_limit(classifier: Classifier) -> None
     text = metrics.body.decode()
     assert 'digitserve_errors_total{code="request_timeout"} 1.0' in text
     assert (
-        'digitserve_requests_total{method="POST",route="/v1/models/{model_name}:predict",'
-        'status="408"} 1.0' in text
+        'digitserve_requests_total{method="POST",protocol="http",'
+        'route="/v1/models/{model_name}:predict",status="408"} 1.0' in text
     )
     assert "digitserve_requests_in_flight 1.0" in text  # only the scrape: the slot was freed
 

@@ -8,8 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 from skl2onnx import to_onnx
+from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
@@ -113,3 +117,48 @@ def test_an_onnx_file_is_checked_against_its_pin(
     path = export(forest, tmp_path / "model.onnx")
     with pytest.raises(ModelLoadError, match="refusing to load it"):
         load_model(path, "forest", expected_sha256="0" * 64)
+
+
+class UnknownToSkl2onnx(LogisticRegression):  # type: ignore[misc]
+    """A subclass skl2onnx has no converter for."""
+
+
+def test_a_model_without_a_fast_path_is_served_by_onnx_runtime_when_exact(
+    tmp_path: Path, split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DIGITSERVE_ONNX_CACHE", str(tmp_path / "cache"))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(split.x_train, split.y_train)
+    path = tmp_path / "model.pickle"
+    path.write_bytes(pickle.dumps(model))
+    classifier = load_model(path, "logistic", compile_onnx=True)
+    assert classifier.path == "onnxruntime"
+    assert "labels equal scikit-learn's on all 2309 check rows" in classifier.card["runtime_check"]
+    rows = load_digits().data.astype(np.int64)
+    assert [p.label for p in classifier.predict(rows)] == model.predict(rows).tolist()
+    [cached] = (tmp_path / "cache").glob("*.onnx")
+    assert cached.name == f"{classifier.sha256}.onnx"
+    again = load_model(path, "logistic", compile_onnx=True)  # from the cache, no conversion
+    assert again.path == "onnxruntime"
+    plain = load_model(path, "logistic", compile_onnx=False)
+    assert plain.path == "scikit-learn"
+    assert "runtime_check" not in plain.card
+
+
+def test_a_model_onnx_cannot_export_stays_with_scikit_learn_saying_why(
+    tmp_path: Path, split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DIGITSERVE_ONNX_CACHE", str(tmp_path / "cache"))
+    model = UnknownToSkl2onnx(max_iter=100).fit(split.x_train / 16, split.y_train)
+    path = tmp_path / "model.pickle"
+    path.write_bytes(pickle.dumps(model))
+    classifier = load_model(path, "odd", compile_onnx=True)
+    assert classifier.path == "scikit-learn"
+    assert classifier.card["runtime_check"].startswith("not converted to ONNX")
+    assert not list((tmp_path / "cache").glob("*.onnx"))
+
+
+def test_fast_paths_are_not_replaced(tmp_path: Path) -> None:
+    from tests.conftest import MODEL_PATH
+
+    assert load_model(MODEL_PATH, "digits", compile_onnx=True).path == "kernel-table"

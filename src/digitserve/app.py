@@ -2,11 +2,10 @@
 
 import asyncio
 import logging
-import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import orjson
@@ -38,7 +37,7 @@ from digitserve.hardening import (
     SecurityHeadersMiddleware,
     TrailingSlashMiddleware,
 )
-from digitserve.logs import REQUEST_ID, new_request_id
+from digitserve.logs import REQUEST_ID, SAFE_REQUEST_ID, new_request_id
 from digitserve.metrics import Metrics
 from digitserve.middleware import TrafficMiddleware
 from digitserve.routes import health, metrics, page, repository, v1, v2
@@ -47,10 +46,12 @@ from digitserve.schemas import REQUEST_SCHEMAS, problem_examples
 from digitserve.settings import Settings
 from digitserve.shutdown import drain_on_sigterm
 
+if TYPE_CHECKING:
+    from digitserve.grpc_server import GrpcServer
+
 logger = logging.getLogger("digitserve")
 
 REQUEST_ID_HEADER = "x-request-id"
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 DESCRIPTION = """\
 Reads hand-drawn digits. Send a JPEG or PNG (raw body, multipart, or base64 in JSON) to
@@ -103,8 +104,11 @@ def create_app(
         app.state.dataplane = plane
         plane.log_index(plane.repository.index())
         app.state.draining = False
+        counted = plane.admitted
+        grpc_server = await _start_grpc(app, plane) if settings.grpc_port is not None else None
+        app.state.grpc = grpc_server
         restore_sigterm = (
-            drain_on_sigterm(_start_draining(app), settings.shutdown_delay_seconds)
+            drain_on_sigterm(_start_draining(app, grpc_server), settings.shutdown_delay_seconds)
             if handle_sigterm
             else lambda: None
         )
@@ -118,6 +122,9 @@ def create_app(
         if poller is not None:
             poller.cancel()
         restore_sigterm()
+        if grpc_server is not None:
+            await grpc_server.stop()
+            plane.admitted = counted
         app.state.ready = False
 
     app = FastAPIOffline(
@@ -138,6 +145,7 @@ def create_app(
     app.state.dataplane = None
     app.state.ready = False
     app.state.draining = False
+    app.state.grpc = None
     app.state.metrics = Metrics() if dataplane is None else dataplane.metrics
 
     app.include_router(health.router)
@@ -180,13 +188,41 @@ def _unknown() -> int:
     return sys.maxsize
 
 
-def _start_draining(app: FastAPI) -> Callable[[], None]:
-    """What SIGTERM does first: /readyz turns 503 while requests are still served."""
+def _start_draining(app: FastAPI, grpc_server: "GrpcServer | None") -> Callable[[], None]:
+    """What SIGTERM does first: /readyz turns 503 while requests are still served.
+
+    gRPC's readiness turns false too, and its server stops after the same delay as HTTP's
+    listener closes.
+    """
+    loop = asyncio.get_running_loop()
+    delay = app.state.settings.shutdown_delay_seconds
 
     def start() -> None:
         app.state.draining = True
+        if grpc_server is not None:  # a signal handler: only the thread-safe call is safe here
+            loop.call_soon_threadsafe(grpc_server.drain, delay)
 
     return start
+
+
+async def _start_grpc(app: FastAPI, plane: DataPlane) -> "GrpcServer":
+    """Serve gRPC from this worker over its data plane, its calls counted with HTTP's requests.
+
+    Imported here: grpc is loaded only by servers that use it, and only after gunicorn forks.
+    """
+    from digitserve.grpc_server import GrpcServer
+
+    server = GrpcServer(
+        app.state.settings,
+        plane,
+        app.state.metrics,
+        app.state.key_ring,
+        draining=lambda: bool(app.state.draining),
+    )
+    await server.start()
+    http = plane.admitted
+    plane.admitted = lambda: http() + server.in_flight()
+    return server
 
 
 class RequestContextMiddleware:
@@ -209,7 +245,7 @@ class RequestContextMiddleware:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")
                 break
-        if not _SAFE_REQUEST_ID.match(request_id):
+        if not SAFE_REQUEST_ID.match(request_id):
             request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         REQUEST_ID.set(request_id)

@@ -59,9 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"digitserve {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve = commands.add_parser("serve", help="run the service: HTTP, and gRPC with --grpc-port")
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port (default 8000)")
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve the Open Inference Protocol over gRPC on this port (default: off) "
+        "[DIGITSERVE_GRPC_PORT]",
+    )
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     _model_options(serve)
     serve.add_argument(
@@ -258,6 +264,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     fields = (
         "host",
         "port",
+        "grpc_port",
         "workers",
         "model_path",
         "model_repository",

@@ -171,6 +171,7 @@ class DataPlane:
             version=str(version),
             expected_sha256=pin,
             trusted_types=[*settings.model_trusted_types, *config.trusted_types],
+            compile_onnx=settings.compile_onnx,
         )
         card = dict(classifier.card)
         if config.description:

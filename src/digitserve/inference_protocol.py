@@ -31,7 +31,7 @@ from digitserve.errors import (
     UnsupportedMediaType,
     byte_limit,
 )
-from digitserve.schemas import InferenceRequest, InferenceRequestOutput
+from digitserve.schemas import InferenceRequest, InferenceRequestInput, InferenceRequestOutput
 
 NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("?"),
@@ -203,20 +203,13 @@ def parse_request(
         document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the inference request is not valid JSON: {exc}") from exc
-    try:
-        request = InferenceRequest.model_validate(document)
-    except ValidationError as exc:
-        raise InvalidInput(f"invalid inference request: {_describe(exc, document)}") from exc
-    counts = Counter(spec.name for spec in request.inputs)
-    repeated = sorted(name for name, count in counts.items() if count > 1)
-    if repeated:
-        raise InvalidInput(f"input {repeated[0]!r} is given more than once")
+    request = validate_request(document)
     binary = memoryview(body)[len(header) :]
     inputs = []
     offset = 0
     for spec in request.inputs:
         where = f"input {spec.name!r}"
-        count = _element_count(where, spec.shape, len(body))
+        checked_element_count(where, spec.shape, len(body))
         parameters = spec.parameters or {}
         if "shared_memory_region" in parameters:
             raise InvalidInput(f"{where}: shared memory is not supported; send data or binary")
@@ -240,12 +233,7 @@ def parse_request(
                 f"{where}: binary_data_size is {size} but only {len(binary) - offset} bytes of "
                 "binary data are left after the JSON header"
             )
-        if spec.datatype == BYTES and max_elements is not None and count > max_elements:
-            raise TooManyElements(
-                f"{where}: shape {spec.shape} holds {count} BYTES elements; a request may carry "
-                f"at most {max_elements}",
-                limit=max_elements,
-            )
+        check_bytes_elements(spec, max_elements)
         chunk = bytes(binary[offset : offset + size])
         offset += size
         inputs.append(tensor_from_binary(spec.name, spec.datatype, spec.shape, chunk))
@@ -255,6 +243,35 @@ def parse_request(
             "binary_data_size values do not add up to the body"
         )
     return DecodedRequest(request.id, dict(request.parameters or {}), inputs, request.outputs)
+
+
+def validate_request(document: object) -> InferenceRequest:
+    """Check a request document against the protocol's schema, whichever transport carried it.
+
+    Each violation is named by tensor; an input given twice is refused.
+    """
+    try:
+        request = InferenceRequest.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid inference request: {_describe(exc, document)}") from exc
+    counts = Counter(spec.name for spec in request.inputs)
+    repeated = sorted(name for name, count in counts.items() if count > 1)
+    if repeated:
+        raise InvalidInput(f"input {repeated[0]!r} is given more than once")
+    return request
+
+
+def check_bytes_elements(spec: InferenceRequestInput, max_elements: int | None) -> None:
+    """Refuse a BYTES input of more elements than `max_elements` before any is split or copied."""
+    if spec.datatype != BYTES or max_elements is None:
+        return
+    count = element_count(spec.shape)
+    if count > max_elements:
+        raise TooManyElements(
+            f"input {spec.name!r}: shape {spec.shape} holds {count} BYTES elements; a request "
+            f"may carry at most {max_elements}",
+            limit=max_elements,
+        )
 
 
 def _check_value_count(header: bytes, max_elements: int, *, binary: bool) -> None:
@@ -275,7 +292,7 @@ def _check_value_count(header: bytes, max_elements: int, *, binary: bool) -> Non
         )
 
 
-def _element_count(where: str, shape: Sequence[int], body_length: int) -> int:
+def checked_element_count(where: str, shape: Sequence[int], body_length: int) -> int:
     """A shape's element count, each dimension checked first against what the body could carry.
 
     Every element takes at least a byte, so no dimension may exceed the body's length; with at
@@ -387,6 +404,31 @@ def flatten(data: list[Any]) -> list[Any]:
         else:
             stack.pop()
     return flat
+
+
+def tensor_from_elements(
+    name: str, datatype: str, shape: Sequence[int], elements: Sequence[Any]
+) -> Tensor:
+    """Decode typed elements (gRPC's `InferTensorContents`) into a tensor of `shape`.
+
+    They come flat, row-major and already of the datatype's Python type, BYTES elements whole;
+    numbers are checked to fit the datatype.
+    """
+    where = f"input {name!r}"
+    count = element_count(shape)
+    if len(elements) != count:
+        raise InvalidInput(
+            f"{where}: shape {list(shape)} holds {count} elements but the contents have "
+            f"{len(elements)}"
+        )
+    values = list(elements)
+    if datatype == BYTES:
+        return Tensor(name, datatype, bytes_tensor(name, values).data.reshape(shape))
+    try:
+        array = np.array(values, dtype=NUMERIC_DTYPES[datatype])
+    except OverflowError as exc:
+        raise InvalidInput(f"{where}: a value does not fit in {datatype}") from exc
+    return Tensor(name, datatype, array.reshape(shape))
 
 
 def tensor_from_binary(name: str, datatype: str, shape: Sequence[int], chunk: bytes) -> Tensor:

@@ -8,6 +8,7 @@ is written by the traffic middleware on the `digitserve.access` logger; uvicorn'
 import functools
 import logging
 import os
+import re
 import sys
 import time
 from contextvars import ContextVar
@@ -23,8 +24,12 @@ ACCESS_LOGGER = "digitserve.access"
 REQUEST_ID: ContextVar[str | None] = ContextVar("digitserve_request_id", default=None)
 """The id of the request being handled in this context (a task per request under uvicorn)."""
 
-TEXT_SKIPS = frozenset({"method", "path", "status", "duration_ms"})
+TEXT_SKIPS = frozenset({"protocol", "method", "path", "status", "grpc_status", "duration_ms"})
 """Fields a text line leaves out: the access message already says them."""
+
+SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+"""A client's request id (X-Request-ID, or gRPC's x-request-id metadata) is taken only when this
+plain: it is echoed and logged. Any other gets a new id."""
 
 
 def new_request_id() -> str:

@@ -69,14 +69,15 @@ class Metrics:
         registry = self.registry
         self.requests = Counter(
             "digitserve_requests_total",
-            "HTTP requests answered, by route template, method and status.",
-            ["route", "method", "status"],
+            "Requests answered, by protocol (http, grpc), route template (the gRPC method's "
+            "path), method and status (the gRPC status code's name).",
+            ["protocol", "route", "method", "status"],
             registry=registry,
         )
         self.latency = Histogram(
             "digitserve_request_duration_seconds",
-            "Time from the request's arrival to the end of its response, by route template.",
-            ["route"],
+            "Time from the request's arrival to the end of its response, by protocol and route.",
+            ["protocol", "route"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
@@ -129,7 +130,7 @@ class Metrics:
         self.decode_seconds = decode
         self.preprocess_seconds = preprocess
         self.predict_seconds = predict
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._request_children: dict[tuple[str, str, object, str], tuple[Counter, Histogram]] = {}
         self._label_children: dict[object, Counter] = {}
         self._error_children: dict[str, Counter] = {}
 
@@ -137,14 +138,16 @@ class Metrics:
         """Publish which model (and which scikit-learn) this worker serves."""
         self.model_info.labels(name, version, sha256, sklearn.__version__).set(1)
 
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+    def observe_request(
+        self, route: str, method: str, status: int | str, seconds: float, protocol: str = "http"
+    ) -> None:
         """Count one answered request and its latency."""
-        key = (route, method, status)
+        key = (route, method, status, protocol)
         children = self._request_children.get(key)
         if children is None:
             children = self._request_children[key] = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route),
+                self.requests.labels(protocol, route, method, str(status)),
+                self.latency.labels(protocol, route),
             )
         children[0].inc()
         children[1].observe(seconds)

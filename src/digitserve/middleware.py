@@ -203,6 +203,7 @@ class TrafficMiddleware:
         if not access_logger.isEnabledFor(level):
             return
         fields = {
+            "protocol": "http",
             "method": method,
             "path": scope["path"],
             "route": template,

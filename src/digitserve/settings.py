@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     """`none`: serve what is found at start-up; `explicit`: the repository load/unload routes
     change it; `poll`: the folder is watched and changes are served on their own."""
 
+    compile_onnx: bool = True
+    """Serve a scikit-learn model that has no faster way through ONNX Runtime, when its skl2onnx
+    export gives exactly its labels on every check row and is faster (exports are cached in
+    `DIGITSERVE_ONNX_CACHE`, default a folder in the temp dir)."""
+
     model_poll_seconds: float = Field(5.0, gt=0, le=3600)
     """How often the `poll` control mode looks at the repository folder."""
 
@@ -44,6 +49,10 @@ class Settings(BaseSettings):
 
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on (0 picks a free one)."""
+
+    grpc_port: int | None = Field(None, ge=0, le=65535)
+    """TCP port for the Open Inference Protocol over gRPC, on the same interface; unset: no gRPC
+    (0 picks a free one, in one process only)."""
 
     workers: int = Field(1, ge=1, le=64)
     """Worker processes; each loads the model once before serving."""

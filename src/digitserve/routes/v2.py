@@ -339,23 +339,35 @@ def respond(
     Images that preprocessing warned about are listed in the response's `warnings` parameter
     (a JSON array of each row's warning codes), and in full in the `warnings` output when asked.
     """
-    classifier = served.classifier
-    tensors = [
-        (_output(name, predictions, classifier, count, warnings), binary)
-        for name, binary, count in wanted
-    ]
-    parameters: dict[str, str | int | float | bool] | None = (
-        {"warnings": orjson.dumps([[item.code for item in row] for row in warnings]).decode()}
-        if any(warnings)
-        else None
-    )
+    codes = warning_codes(warnings)
     return encode_response(
         model_name=served.name,
         model_version=served.version,
         request_id=call.id,
-        outputs=tensors,
-        parameters=parameters,
+        outputs=output_tensors(wanted, predictions, served, warnings),
+        parameters=None if codes is None else {"warnings": codes},
     )
+
+
+def output_tensors(
+    wanted: list[WantedOutput],
+    predictions: list[Prediction],
+    served: ServedModel,
+    warnings: list[tuple[Diagnostic, ...]],
+) -> list[tuple[Tensor, bool]]:
+    """The wanted outputs of a request's predictions, each with whether it goes back binary."""
+    classifier = served.classifier
+    return [
+        (_output(name, predictions, classifier, count, warnings), binary)
+        for name, binary, count in wanted
+    ]
+
+
+def warning_codes(warnings: list[tuple[Diagnostic, ...]]) -> str | None:
+    """The response's `warnings` parameter (each row's warning codes, a JSON array), or None."""
+    if not any(warnings):
+        return None
+    return orjson.dumps([[item.code for item in row] for row in warnings]).decode()
 
 
 def _requested_outputs(call: DecodedRequest) -> list[WantedOutput]:

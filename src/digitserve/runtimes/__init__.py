@@ -6,7 +6,9 @@ that knows nothing of HTTP or images.
 """
 
 import hashlib
+import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ import numpy as np
 from digitserve.classifier import Classifier, ScoreKind, load_classifier, read_card
 from digitserve.errors import ModelLoadError
 from digitserve.preprocessing import LEVELS, N_FEATURES
+
+logger = logging.getLogger("digitserve")
 
 
 def load_model(
@@ -23,16 +27,24 @@ def load_model(
     version: str | None = None,
     expected_sha256: str | None = None,
     trusted_types: Sequence[str] = (),
+    compile_onnx: bool = False,
 ) -> Classifier:
-    """Load one model file with the runtime its suffix names (compared case-insensitively)."""
+    """Load one model file with the runtime its suffix names (compared case-insensitively).
+
+    With `compile_onnx`, a scikit-learn model that only the public API could serve is served by
+    ONNX Runtime instead when its export is exact and faster (`runtimes.compiled`).
+    """
     if path.suffix.lower() != ".onnx":
-        return load_classifier(
+        classifier = load_classifier(
             path,
             name,
             expected_sha256=expected_sha256,
             trusted_types=trusted_types,
             version=version,
         )
+        if not compile_onnx or classifier.path != "scikit-learn":
+            return classifier
+        return _compiled(classifier)
     from digitserve.runtimes.onnx import load_onnx, looks_like_probabilities
 
     if not path.is_file():
@@ -71,3 +83,16 @@ def load_model(
         path="onnxruntime",
         card=read_card(path, sha256),
     )
+
+
+def _compiled(classifier: Classifier) -> Classifier:
+    """The classifier served by ONNX Runtime when its export passes, else as it is; say which."""
+    from digitserve.runtimes.compiled import compiled
+
+    verdict = compiled(classifier.estimator, classifier.sha256, classifier.answer)
+    card = {**classifier.card, "runtime_check": verdict.reason}
+    if verdict.model is None:
+        logger.warning("model %s: served by scikit-learn: %s", classifier.name, verdict.reason)
+        return replace(classifier, card=card)
+    logger.info("model %s: served by ONNX Runtime: %s", classifier.name, verdict.reason)
+    return replace(classifier, answer=verdict.model.answer, path="onnxruntime", card=card)

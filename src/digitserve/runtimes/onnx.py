@@ -46,8 +46,12 @@ class OnnxModel:
         return np.asarray(labels).reshape(-1), matrix
 
 
-def load_onnx(path: str, data: bytes) -> OnnxModel:
-    """Open an ONNX classifier with one thread, and find its input, outputs and classes."""
+def load_onnx(path: str, data: bytes, classes: tuple[int | str, ...] | None = None) -> OnnxModel:
+    """Open an ONNX classifier with one thread, and find its input, outputs and classes.
+
+    `classes` is for an export whose graph does not list them (skl2onnx's k-nearest neighbours),
+    from the estimator it was exported from.
+    """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -68,7 +72,7 @@ def load_onnx(path: str, data: bytes) -> OnnxModel:
     if isinstance(width, int) and width != 64:
         raise ModelLoadError(f"{path} expects {width} features; digitserve feeds 64 (an 8x8 grid)")
     label_output, score_output, zipmap = _outputs(path, session.get_outputs())
-    classes = _classes(data)
+    classes = classes or _classes(data)
     if classes is None and zipmap:
         probe = session.run([score_output], {inputs[0].name: np.zeros((1, 64), np.float32)})[0]
         classes = tuple(probe[0].keys())
