@@ -77,7 +77,7 @@ bench: $(DEV)  ## the full benchmark (minutes; needs wrk): writes bench/results/
 	$(BIN)/python -m bench.run $(ARGS)
 
 train: $(RUNTIME)  ## rebuild the bundled digits model and data/ reproducibly
-	$(BIN)/digitserve train
+	$(BIN)/digitserve train --force
 
 evalset: $(RUNTIME)  ## render the evaluation set into evalset/ (git-ignored)
 	$(BIN)/digitserve make-evalset evalset $(ARGS)
