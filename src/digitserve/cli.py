@@ -60,35 +60,52 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the service: HTTP, and gRPC with --grpc-port")
-    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="TCP port (default 8000)")
+    serve.add_argument("--host", metavar="HOST", help=_setting_help("interface to bind", "host"))
+    serve.add_argument(
+        "--port", type=int, metavar="PORT", help=_setting_help("HTTP port (0: a free one)", "port")
+    )
     serve.add_argument(
         "--grpc-port",
         type=int,
-        help="also serve the Open Inference Protocol over gRPC on this port (default: off) "
-        "[DIGITSERVE_GRPC_PORT]",
+        metavar="PORT",
+        help=_setting_help(
+            "also serve the Open Inference Protocol over gRPC on this port", "grpc_port", "off"
+        ),
     )
-    serve.add_argument("--workers", type=int, help="worker processes (default 1)")
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help=_setting_help("worker processes", "workers")
+    )
     _model_options(serve)
     serve.add_argument(
         "--model-control-mode",
         choices=["none", "explicit", "poll"],
-        help="none: serve what is there at start-up; explicit: the /v2/repository load and "
-        "unload routes change it; poll: watch the folder (default none)",
+        help=_setting_help(
+            "none: serve what is there at start-up; explicit: the /v2/repository load and "
+            "unload routes change it; poll: watch the folder",
+            "model_control_mode",
+        ),
     )
     serve.add_argument(
         "--poll-seconds",
         type=float,
         dest="model_poll_seconds",
-        help="with --model-control-mode poll: how often to look (default 5)",
+        metavar="SECONDS",
+        help=_setting_help(
+            "with --model-control-mode poll: how often to look", "model_poll_seconds"
+        ),
     )
-    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help=_setting_help("how much the server logs", "log_level"),
+    )
     serve.add_argument(
         "--no-access-log",
         dest="access_log",
         action="store_false",
         default=None,
-        help="do not log one line per request",
+        help="do not log one line per request (default: one line each) [DIGITSERVE_ACCESS_LOG="
+        "false]",
     )
     serve.set_defaults(run=_serve)
 
