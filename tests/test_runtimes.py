@@ -1,6 +1,8 @@
 """Runtimes: one model file loaded by its format, checked, warmed up, answering like its source."""
 
 import pickle
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -162,3 +164,28 @@ def test_fast_paths_are_not_replaced(tmp_path: Path) -> None:
     from tests.conftest import MODEL_PATH
 
     assert load_model(MODEL_PATH, "digits", compile_onnx=True).path == "kernel-table"
+
+
+def test_a_worker_serving_only_onnx_never_imports_scikit_learn(
+    tmp_path: Path, forest: RandomForestClassifier
+) -> None:
+    path = export(forest, tmp_path / "model.onnx", {id(forest): {"zipmap": False}})
+    code = f"""
+import sys
+from pathlib import Path
+from digitserve.app import create_app
+from digitserve.dataplane import DataPlane
+from digitserve.metrics import Metrics
+from digitserve.settings import Settings
+settings = Settings(model_path=Path({str(path)!r}), model_name="forest")
+plane = DataPlane(settings, Metrics(), admitted=lambda: 1)
+plane.start()
+create_app(settings, dataplane=plane)
+print(plane.model("forest").classifier.path)
+print(sorted(name for name in sys.modules if name.split(".")[0] == "sklearn"))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["onnxruntime", "[]"]

@@ -14,15 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import sklearn
 from numpy.typing import NDArray
-from sklearn.base import BaseEstimator, is_classifier
-from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
-from sklearn.svm import SVC
-from sklearn.svm import _libsvm as libsvm
-from sklearn.svm._base import LIBSVM_IMPL
-from sklearn.utils.multiclass import _ovr_decision_function
-from sklearn.utils.validation import check_is_fitted
 
 from digitserve.errors import ModelLoadError
 from digitserve.preprocessing import LEVELS, N_FEATURES
@@ -120,6 +112,7 @@ def _public_predictors(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor
         return estimator.predict, estimator.predict_proba
     n_classes = len(estimator.classes_)
     if getattr(estimator, "decision_function_shape", None) == "ovo" and n_classes > 2:
+        from sklearn.utils.multiclass import _ovr_decision_function
 
         def one_vs_rest(rows: Rows) -> NDArray[np.float64]:
             pairs = estimator.decision_function(rows)
@@ -172,6 +165,8 @@ def _direct_svc(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor, Predi
     (n, 64) rows of 0..16, so they prove nothing here. These are private methods: `load_classifier`
     uses them only after checking they give exactly the public API's answers.
     """
+    from sklearn.svm import SVC
+
     if type(estimator) is not SVC or score_kind != "probabilities":
         return None
     if getattr(estimator, "_sparse", True) or getattr(estimator, "break_ties", True):
@@ -216,6 +211,8 @@ class KernelTable:
     model_options: dict[str, Any]
     fallback: Answerer
     """For rows the table does not cover: not integers 0..16, or none at all."""
+    libsvm: Any = None
+    """scikit-learn's libsvm binding, held here: scikit-learn is imported only to load a model."""
     decision_shape: str | None = None
     """None: the scores are probabilities; else `decision_function_shape` ("ovr" or "ovo")."""
 
@@ -224,6 +221,9 @@ class KernelTable:
         cls, estimator: Any, score_kind: ScoreKind, fallback: Answerer
     ) -> "KernelTable | None":
         """The table for an RBF SVC whose support vectors are integers 0..16, or None."""
+        from sklearn.svm import SVC, _libsvm
+        from sklearn.svm._base import LIBSVM_IMPL
+
         if type(estimator) is not SVC or estimator.kernel != "rbf" or estimator.break_ties:
             return None
         if getattr(estimator, "_sparse", True):
@@ -256,6 +256,7 @@ class KernelTable:
                 "cache_size": estimator.cache_size,
             },
             fallback=fallback,
+            libsvm=_libsvm,
             decision_shape=(
                 None if score_kind == "probabilities" else str(estimator.decision_function_shape)
             ),
@@ -288,6 +289,7 @@ class KernelTable:
     def _answer_block(self, rows: Rows) -> Answers:
         kernel = self.kernel(rows)
         arguments, options = self.model_arguments, self.model_options
+        libsvm = self.libsvm
         positions = libsvm.predict(kernel, *arguments, **options).astype(np.intp)
         if self.decision_shape is None:
             scores = libsvm.predict_proba(kernel, *arguments, **options)
@@ -372,6 +374,10 @@ def load_classifier(
         estimator = _load_skops(path, data, trusted_types)
     else:
         estimator = _unpickle(path, data, model_format)
+    from sklearn.base import BaseEstimator, is_classifier
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
     if not isinstance(estimator, BaseEstimator) or not is_classifier(estimator):
         raise ModelLoadError(
             f"{path} holds a {type(estimator).__name__}, not a scikit-learn classifier"
@@ -448,6 +454,8 @@ def model_format_of(path: Path) -> ModelFormat:
 
 def _unpickle(path: Path, data: bytes, model_format: ModelFormat) -> Any:
     """Unpickle, turning a scikit-learn version mismatch into a refusal rather than a warning."""
+    from sklearn.exceptions import InconsistentVersionWarning
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", InconsistentVersionWarning)
@@ -465,6 +473,7 @@ def _unpickle(path: Path, data: bytes, model_format: ModelFormat) -> Any:
 def _load_skops(path: Path, data: bytes, trusted_types: Sequence[str]) -> Any:
     """Load a skops file, which builds only types known to be safe plus those the operator named."""
     import skops.io
+    from sklearn.exceptions import InconsistentVersionWarning
 
     try:
         untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - set(trusted_types))
@@ -484,8 +493,10 @@ def _load_skops(path: Path, data: bytes, trusted_types: Sequence[str]) -> Any:
         raise ModelLoadError(f"{path} is not a readable skops file: {exc}") from exc
 
 
-def _version_mismatch(path: Path, warning: InconsistentVersionWarning) -> ModelLoadError:
+def _version_mismatch(path: Path, warning: Any) -> ModelLoadError:
     """The refusal for a model written by another scikit-learn release."""
+    import sklearn
+
     return ModelLoadError(
         f"{path} was written by scikit-learn {warning.original_sklearn_version}; this service runs "
         f"{sklearn.__version__}. Retrain it (digitserve train) or install the matching release."

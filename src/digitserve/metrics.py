@@ -5,10 +5,10 @@ is set before prometheus-client is imported (`digitserve serve --workers N` does
 writes its values to files in that directory and `render()` adds them up across workers.
 """
 
+import importlib.metadata
 import os
 from collections.abc import Iterable
 
-import sklearn
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -28,6 +28,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 UNMATCHED_ROUTE = "unmatched"
 """The route label of requests no route matched: raw paths would make the label set unbounded."""
+
+SKLEARN_VERSION = importlib.metadata.version("scikit-learn")
+"""The scikit-learn release model pickles are checked against, read without importing it."""
 
 STAGES = ("decode", "preprocess", "predict")
 """Where a prediction's time goes: image bytes -> pixels, pixels -> 64 features, the model."""
@@ -136,7 +139,7 @@ class Metrics:
 
     def describe_model(self, name: str, version: str, sha256: str) -> None:
         """Publish which model (and which scikit-learn) this worker serves."""
-        self.model_info.labels(name, version, sha256, sklearn.__version__).set(1)
+        self.model_info.labels(name, version, sha256, SKLEARN_VERSION).set(1)
 
     def observe_request(
         self, route: str, method: str, status: int | str, seconds: float, protocol: str = "http"
