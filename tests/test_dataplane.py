@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from digitserve.dataplane import decode_base64
+from digitserve.dataplane import decode_base64, pixel_list
 from digitserve.errors import InvalidInput
 
 DATA = bytes(range(256)) * 3
@@ -48,3 +48,29 @@ def test_anything_else_is_refused_saying_what_is_read(text: str, message: str) -
     with pytest.raises(InvalidInput) as caught:
         decode_base64(text, "b64")
     assert caught.value.detail.startswith(message), caught.value.detail
+
+
+def test_pixels_flat_and_grid() -> None:
+    flat = list(range(16)) * 4
+    assert pixel_list(flat, "pixels").tolist() == flat
+    grid = [flat[row * 8 : row * 8 + 8] for row in range(8)]
+    assert pixel_list(grid, "pixels").tolist() == flat
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [0] * 63,
+        [0] * 63 + [17],
+        [0] * 63 + [-1],
+        [0.5] * 64,
+        [True] * 64,
+        "0" * 64,
+        [[0] * 8] * 7 + [[0] * 7],
+        {"pixels": [0] * 64},
+        None,
+    ],
+)
+def test_bad_pixels_are_invalid(bad: object) -> None:
+    with pytest.raises(InvalidInput):
+        pixel_list(bad, "pixels")

@@ -17,7 +17,6 @@ from digitserve.errors import (
     ImageTooLarge,
     ImageTooSmall,
     InvalidImage,
-    InvalidInput,
     UnsupportedMediaType,
 )
 from digitserve.preprocessing import (
@@ -35,7 +34,6 @@ from digitserve.preprocessing import (
     load_pixels,
     luma,
     open_image,
-    pixels_to_features,
     plain_features,
     preprocess_image,
     read_digit,
@@ -438,32 +436,6 @@ def test_decompression_bomb_header_is_refused() -> None:
 def test_blank_page_is_refused() -> None:
     with pytest.raises(BlankImage):
         features_of(encode(Image.new("RGB", (64, 64), "white"), "JPEG"))
-
-
-def test_pixels_flat_and_grid() -> None:
-    flat = list(range(16)) * 4
-    assert pixels_to_features(flat).tolist() == flat
-    grid = [flat[row * 8 : row * 8 + 8] for row in range(8)]
-    assert pixels_to_features(grid).tolist() == flat
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        [0] * 63,
-        [0] * 63 + [17],
-        [0] * 63 + [-1],
-        [0.5] * 64,
-        [True] * 64,
-        "0" * 64,
-        [[0] * 8] * 7 + [[0] * 7],
-        {"pixels": [0] * 64},
-        None,
-    ],
-)
-def test_bad_pixels_are_invalid(bad: object) -> None:
-    with pytest.raises(InvalidInput):
-        pixels_to_features(bad)
 
 
 def test_render_digit_is_the_inverse_of_preprocessing(seven: NDArray[np.int64]) -> None:

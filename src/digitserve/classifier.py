@@ -18,20 +18,17 @@ from numpy.typing import NDArray
 
 from digitserve.errors import ModelLoadError
 from digitserve.preprocessing import LEVELS, N_FEATURES
+from digitserve.repository import MODEL_SUFFIXES, ModelFormat
 
 logger = logging.getLogger(__name__)
 
-ModelFormat = Literal["skops", "pickle", "joblib"]
-
 MODEL_FORMATS: dict[str, ModelFormat] = {
-    ".skops": "skops",
-    ".pickle": "pickle",
-    ".pkl": "pickle",
-    ".joblib": "joblib",
+    suffix: model_format
+    for suffix, model_format in MODEL_SUFFIXES.items()
+    if model_format != "onnx"
 }
-"""How a model file is loaded, by its suffix in lower case: `evil.SKOPS` is a skops file too, so
-it is never unpickled. skops refuses types it was not told to trust; pickle and joblib run
-whatever the file says. Any other suffix is refused rather than guessed at."""
+"""The suffixes of scikit-learn files (`repository.MODEL_SUFFIXES` less ONNX, which
+`digitserve.runtimes` loads)."""
 
 ScoreKind = Literal["probabilities", "decision_scores"]
 Label = int | str
@@ -363,13 +360,7 @@ def load_classifier(
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     model_format = model_format_of(path)  # an unknown suffix is refused before reading
-    data = path.read_bytes()
-    sha256 = hashlib.sha256(data).hexdigest()
-    if expected_sha256 is not None and sha256 != expected_sha256.lower():
-        raise ModelLoadError(
-            f"{path} has sha256 {sha256}, not the expected {expected_sha256.lower()}; "
-            "refusing to load it"
-        )
+    data, sha256 = read_pinned(path, expected_sha256)
     if model_format == "skops":
         estimator = _load_skops(path, data, trusted_types)
     else:
@@ -438,6 +429,20 @@ def _fastest_answerer(
         logger.warning("%s: the kernel table disagrees with scikit-learn's API; not used", path)
         return fallback
     return "kernel-table", table.answer
+
+
+def read_pinned(path: Path, expected_sha256: str | None) -> tuple[bytes, str]:
+    """A model file's bytes and sha256, refused before any use when a pin says otherwise."""
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    data = path.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256.lower():
+        raise ModelLoadError(
+            f"{path} has sha256 {sha256}, not the expected {expected_sha256.lower()}; "
+            "refusing to load it"
+        )
+    return data, sha256
 
 
 def model_format_of(path: Path) -> ModelFormat:

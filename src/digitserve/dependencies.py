@@ -2,10 +2,8 @@
 
 from typing import Annotated
 
-from anyio import CapacityLimiter
 from fastapi import Depends, Request
 
-from digitserve.classifier import Classifier
 from digitserve.dataplane import DataPlane, ServedModel
 from digitserve.errors import ModelNotReady
 from digitserve.metrics import Metrics
@@ -31,40 +29,15 @@ def get_model(request: Request, name: str, version: str | None = None) -> Served
     return get_dataplane(request).model(name, version)
 
 
-def get_classifier(request: Request) -> Classifier:
-    """The default model's classifier (the page's, the CLI's), or 503 while it is not ready."""
-    return get_dataplane(request).default_model().classifier
-
-
 def get_metrics(request: Request) -> Metrics:
     """The app's own metrics."""
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_preprocess_limiter(request: Request) -> CapacityLimiter:
-    """The bound on threads preprocessing large images: a token is held until its thread is done.
-
-    Pass it to `offload.run_sync`, which keeps that promise when the request runs out of time
-    (see `preprocess_threads`).
-    """
-    limiter: CapacityLimiter = request.app.state.preprocess_limiter
-    return limiter
-
-
 # FastAPI runs a plain `def` dependency on a worker thread: a thread hop per request for an
 # attribute read. The async twins below run inline on the event loop. (The prediction routes use
 # none: they call the getters directly, see `routes.direct`.)
-
-
-async def _settings(request: Request) -> Settings:
-    """`get_settings`, inline."""
-    return get_settings(request)
-
-
-async def _classifier(request: Request) -> Classifier:
-    """`get_classifier`, inline."""
-    return get_classifier(request)
 
 
 async def _dataplane(request: Request) -> DataPlane:
@@ -77,7 +50,5 @@ async def _metrics(request: Request) -> Metrics:
     return get_metrics(request)
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
-ClassifierDep = Annotated[Classifier, Depends(_classifier)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 DataPlaneDep = Annotated[DataPlane, Depends(_dataplane)]

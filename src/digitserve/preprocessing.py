@@ -27,7 +27,6 @@ from digitserve.errors import (
     ImageTooLarge,
     ImageTooSmall,
     InvalidImage,
-    InvalidInput,
     UnsupportedMediaType,
 )
 
@@ -618,28 +617,6 @@ def preprocess_image(data: bytes, *, max_pixels: int) -> Preprocessed:
 def image_to_features(data: bytes, *, max_pixels: int) -> Features:
     """Decode and preprocess one encoded image."""
     return preprocess_image(data, max_pixels=max_pixels).features
-
-
-def pixels_to_features(values: object) -> Features:
-    """Validate features sent directly: 64 integers 0..16, flat or as an 8x8 grid."""
-    if not isinstance(values, Sequence) or isinstance(values, str | bytes):
-        raise InvalidInput("pixels must be a list of 64 integers or an 8x8 list of lists")
-    flat: list[object]
-    if len(values) == GRID and all(isinstance(row, list) for row in values):
-        rows: Sequence[list[object]] = values
-        if any(len(row) != GRID for row in rows):
-            raise InvalidInput(f"an 8x8 pixel grid needs {GRID} rows of {GRID} values")
-        flat = [value for row in rows for value in row]
-    else:
-        flat = list(values)
-    if len(flat) != N_FEATURES:
-        raise InvalidInput(f"pixels must hold {N_FEATURES} values, got {len(flat)}")
-    if not all(type(value) is int for value in flat):
-        raise InvalidInput(f"pixels must be integers from 0 to {LEVELS}")
-    features = np.asarray(flat, dtype=np.int64)
-    if features.min() < 0 or features.max() > LEVELS:
-        raise InvalidInput(f"pixel values must lie in 0..{LEVELS}")
-    return features
 
 
 def render_digit(features: Sequence[int] | NDArray[np.integer], size: int = GRID) -> Image.Image:

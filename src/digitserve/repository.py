@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from digitserve.errors import (
     ModelLoadError,
@@ -27,14 +27,18 @@ from digitserve.errors import (
     VersionNotFound,
 )
 
-MODEL_SUFFIXES = {
+ModelFormat = Literal["skops", "pickle", "joblib", "onnx"]
+
+MODEL_SUFFIXES: dict[str, ModelFormat] = {
+    ".skops": "skops",
     ".pickle": "pickle",
     ".pkl": "pickle",
     ".joblib": "joblib",
-    ".skops": "skops",
     ".onnx": "onnx",
 }
-"""Model file suffixes (compared case-insensitively: `model.SKOPS` is skops, never unpickled)."""
+"""How a model file is loaded, by its suffix in lower case: `evil.SKOPS` is a skops file too, so
+it is never unpickled. skops refuses types it was not told to trust; pickle and joblib run
+whatever the file says; ONNX is a graph. Any other suffix is refused rather than guessed at."""
 
 SETTINGS_FILE = "model-settings.json"
 """The optional per-model settings file, in the model's folder beside its version folders."""
@@ -279,11 +283,6 @@ class ModelRepository(Generic[Loaded]):
         model = self._models.get(name)
         return None if model is None else model.default
 
-    def config(self, name: str) -> ModelConfig:
-        """A model's settings as last loaded (defaults when it was never loaded)."""
-        model = self._models.get(name)
-        return ModelConfig() if model is None else model.config
-
     def all_ready(self) -> bool:
         """Whether every model the repository should serve has a version ready.
 
@@ -400,7 +399,7 @@ def _version_file(version: int, folder: Path) -> VersionFile:
     return VersionFile(version, candidates[0])
 
 
-def model_format(path: Path) -> str:
+def model_format(path: Path) -> ModelFormat:
     """The format of a model file from its suffix, case-insensitively (see MODEL_SUFFIXES)."""
     try:
         return MODEL_SUFFIXES[path.suffix.lower()]

@@ -5,7 +5,6 @@ ONNX Runtime (`runtimes.onnx`). Either way the result is one `Classifier`, check
 that knows nothing of HTTP or images.
 """
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitserve.classifier import Classifier, ScoreKind, load_classifier, read_card
+from digitserve.classifier import Classifier, ScoreKind, load_classifier, read_card, read_pinned
 from digitserve.errors import ModelLoadError
 from digitserve.preprocessing import LEVELS, N_FEATURES
 
@@ -47,15 +46,7 @@ def load_model(
         return _compiled(classifier)
     from digitserve.runtimes.onnx import load_onnx, looks_like_probabilities
 
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
-    data = path.read_bytes()
-    sha256 = hashlib.sha256(data).hexdigest()
-    if expected_sha256 is not None and sha256 != expected_sha256.lower():
-        raise ModelLoadError(
-            f"{path} has sha256 {sha256}, not the expected {expected_sha256.lower()}; "
-            "refusing to load it"
-        )
+    data, sha256 = read_pinned(path, expected_sha256)
     model = load_onnx(str(path), data)
     rows = np.random.default_rng(0).integers(0, LEVELS + 1, size=(64, N_FEATURES))
     try:
