@@ -1,5 +1,7 @@
 """Runtimes: one model file loaded by its format, checked, warmed up, answering like its source."""
 
+import json
+import os
 import pickle
 import subprocess
 import sys
@@ -156,20 +158,40 @@ def test_a_model_onnx_cannot_export_stays_with_scikit_learn_saying_why(
     path.write_bytes(pickle.dumps(model))
     classifier = load_model(path, "odd", compile_onnx=True)
     assert classifier.path == "scikit-learn"
-    assert classifier.card["runtime_check"].startswith("not converted to ONNX")
+    assert "onnxruntime not used: not converted (" in classifier.card["runtime_check"]
+    assert "\n" not in classifier.card["runtime_check"]
     assert not list((tmp_path / "cache").glob("*.onnx"))
+    [plan] = (tmp_path / "cache").glob("*.json")  # the decision is kept: no child next time
+    assert json.loads(plan.read_text())["runtime"] == "scikit-learn"
 
 
-def test_fast_paths_are_not_replaced(tmp_path: Path) -> None:
+def test_the_bundled_svc_is_served_without_scikit_learn_and_answers_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: Split
+) -> None:
     from tests.conftest import MODEL_PATH
 
-    assert load_model(MODEL_PATH, "digits", compile_onnx=True).path == "kernel-table"
+    monkeypatch.setenv("DIGITSERVE_ONNX_CACHE", str(tmp_path / "cache"))
+    served = load_model(MODEL_PATH, "digits", compile_onnx=True)
+    assert served.path in ("onnxruntime", "kernel-table")  # the kernel table only if 2x faster
+    card = served.card["runtime_check"]
+    assert "labels equal scikit-learn's on all 2309 check rows" in card
+    assert "kernel-table" in card  # both candidates were timed
+    assert "onnxruntime" in card
+    estimator = pickle.loads(MODEL_PATH.read_bytes())  # the bundled model
+    rows = split.x_test.astype(np.int64)
+    labels = [p.label for p in served.predict(rows)]
+    assert labels == estimator.predict(rows.astype(np.float64)).tolist()
 
 
+@pytest.mark.parametrize("kind", ["onnx", "pickle"])
 def test_a_worker_serving_only_onnx_never_imports_scikit_learn(
-    tmp_path: Path, forest: RandomForestClassifier
+    tmp_path: Path, forest: RandomForestClassifier, kind: str
 ) -> None:
-    path = export(forest, tmp_path / "model.onnx", {id(forest): {"zipmap": False}})
+    if kind == "onnx":
+        path = export(forest, tmp_path / "model.onnx", {id(forest): {"zipmap": False}})
+    else:  # a pickle whose plan chose ONNX Runtime: the worker never unpickles it
+        path = tmp_path / "model.pickle"
+        path.write_bytes(pickle.dumps(forest))
     code = f"""
 import sys
 from pathlib import Path
@@ -185,7 +207,12 @@ print(plane.model("forest").classifier.path)
 print(sorted(name for name in sys.modules if name.split(".")[0] == "sklearn"))
 """
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "DIGITSERVE_ONNX_CACHE": str(tmp_path / "cache")},
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["onnxruntime", "[]"]

@@ -15,9 +15,9 @@ call; between 4 and 100 µs more in three runs), so a worker batches only while 
 as is a request alone. Once every request in the worker has queued its rows, the call is made
 there and then. `batch_wait_ms` may hold the first request of a batch that much longer for others
 to join (off by default: under load the queue fills without waiting). Batching applies only
-where the answers are known not to depend on the other rows of the call: the libsvm and
-kernel-table paths compute each row alone, in exact arithmetic where it matters, so a batched
-answer is bit for bit the one made alone.
+where the answers are known not to depend on the other rows of the call: the libsvm,
+kernel-table, numpy SVC and nearest-neighbour paths compute each row alone, in exact arithmetic
+where it matters, so a batched answer is bit for bit the one made alone.
 """
 
 import asyncio
@@ -35,7 +35,7 @@ from digitserve.metrics import Metrics
 Rows = NDArray[Any]
 """(n, 64) feature rows of one request."""
 
-BATCHABLE_PATHS = frozenset({"libsvm", "kernel-table"})
+BATCHABLE_PATHS = frozenset({"libsvm", "kernel-table", "svm", "neighbors"})
 """Prediction paths whose answer for a row does not depend on the other rows of the call. The
 public scikit-learn path may compute a batch with other floating-point blocking than one row."""
 

@@ -37,9 +37,12 @@ Predictor = Callable[[Rows], NDArray[Any]]
 Answers = tuple[NDArray[Any], NDArray[Any]]
 Answerer = Callable[[NDArray[Any]], Answers]
 """(n, 64) feature rows -> each row's label, as `predict()` gives it, and its score per class."""
-PredictionPath = Literal["scikit-learn", "libsvm", "kernel-table", "onnxruntime"]
-"""How predictions are made: the public API, libsvm without per-call checks (`_direct_svc`), or
-libsvm given a kernel looked up once per call (`KernelTable`)."""
+PredictionPath = Literal[
+    "scikit-learn", "libsvm", "kernel-table", "onnxruntime", "svm", "neighbors"
+]
+"""How predictions are made: the public API, libsvm without per-call checks (`_direct_svc`),
+libsvm given a kernel looked up once per call (`KernelTable`), ONNX Runtime, or numpy's SVC and
+nearest neighbours (`runtimes.svm`, `runtimes.neighbors`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,22 +1,35 @@
-"""ONNX Runtime for scikit-learn models that have no faster way: converted, checked, cached.
+"""Compiled runtimes: the fastest checked way to serve a scikit-learn file, chosen once per file.
 
 scikit-learn's public API costs hundreds of microseconds to milliseconds a row (a forest of 200
-trees: ~12 ms) in input checks and Python around small numpy calls; the same model exported by
-skl2onnx and run by ONNX Runtime takes ~10-100 µs. A model is only served this way when the
-export gives exactly scikit-learn's labels on every verification row (all of `load_digits` plus
-random 0..16 grids) and is faster than the public API; otherwise the reason is logged and put on
-the card, and scikit-learn serves it. The export runs in a child process (skl2onnx and its
-imports never enter the worker) and is cached under the source file's sha256.
+trees: ~10 ms) in input checks and Python around small numpy calls, and importing scikit-learn
+costs every worker ~60 MB. So a child process (this module, run as a script) loads the operator's
+file with scikit-learn and builds every runtime that can serve it: ONNX Runtime from skl2onnx's
+export, numpy's SVC and k-nearest neighbours (`runtimes.svm`, `runtimes.neighbors`), and
+scikit-learn itself with
+`digitserve.classifier`'s fast paths. Each is checked against scikit-learn's public API on every
+verification row (all of `load_digits` plus seeded random 0..16 grids: labels equal, scores within
+1e-4) and timed on one row. The choice, a *plan*, is written to the cache with the chosen runtime's
+file, both keyed by the model file's sha256; the worker then opens that file and, when the plan
+needs no scikit-learn, never unpickles the model nor imports scikit-learn.
+
+The choice: the fastest runtime that passed, except that one needing no scikit-learn is preferred
+unless another is more than `SKLEARN_FREE_PREFERENCE` times faster (tens of microseconds a row,
+against a request's ~150 µs, are worth less than 60 MB per worker). A runtime that disagrees on
+any label is never used; the plan's `reason` says what each candidate did, and goes in the log and
+on the model card.
 """
 
+import hashlib
+import json
 import logging
 import os
-import pickle
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +41,58 @@ from digitserve.preprocessing import LEVELS, N_FEATURES
 logger = logging.getLogger("digitserve")
 
 RANDOM_GRIDS = 512
-"""Random 0..16 grids added to `load_digits` to check an export on rows unlike any digit."""
+"""Random 0..16 grids added to `load_digits` to check a runtime on rows unlike any digit."""
 
-CONVERT_SECONDS = 120
-"""Longest a conversion may take before the model is served by scikit-learn instead."""
+CONVERT_SECONDS = 180
+"""Longest the child may take before the model is served by scikit-learn instead."""
+
+SKLEARN_FREE_PREFERENCE = 2.0
+"""How much faster a runtime needing scikit-learn must be to win over one that does not."""
+
+PLAN_FORMAT = 2
+"""Bumped when the plan, the check or the candidates change: older plans are made again."""
+
+SCORE_RTOL, SCORE_ATOL = 1e-3, 1e-4
+"""How close a runtime's scores must be to scikit-learn's (ONNX Runtime computes in float32)."""
+
+ALONE_EVERY = 20
+"""Every how many check rows one is also asked alone (115 of 2,309)."""
+
+SCIKIT_LEARN = "scikit-learn"
+"""The plan's runtime when the worker must load the file with scikit-learn itself."""
 
 
 def cache_dir() -> Path:
-    """Where exports are kept: `DIGITSERVE_ONNX_CACHE`, else a folder in the temp dir."""
+    """Where plans are kept: `DIGITSERVE_ONNX_CACHE`, else a folder in the temp dir."""
     configured = os.environ.get("DIGITSERVE_ONNX_CACHE")
     return Path(configured) if configured else Path(tempfile.gettempdir()) / "digitserve-onnx"
 
 
+def private_dir(folder: Path) -> bool:
+    """Make the cache folder (owner only) and say whether it is safe to trust what it holds.
+
+    A plan decides what code answers, so it must be written by this user alone: a folder owned
+    by another user, or writable by group or others (a shared /tmp), is not used.
+    """
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = folder.stat()
+    except OSError as exc:
+        logger.warning("runtime cache %s cannot be used: %s", folder, exc)
+        return False
+    if status.st_uid != os.getuid() or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        logger.warning(
+            "runtime cache %s is not private to this user (owner %d, mode %o); not used",
+            folder,
+            status.st_uid,
+            stat.S_IMODE(status.st_mode),
+        )
+        return False
+    return True
+
+
 def verification_rows() -> NDArray[np.float64]:
-    """Every `load_digits` row and seeded random grids: what an export must answer alike."""
+    """Every `load_digits` row and seeded random grids: what a runtime must answer alike."""
     from sklearn.datasets import load_digits
 
     random = np.random.default_rng(0).integers(0, LEVELS + 1, size=(RANDOM_GRIDS, N_FEATURES))
@@ -50,11 +101,103 @@ def verification_rows() -> NDArray[np.float64]:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    """Whether an export serves a model, and the sentence saying why (for the log and card)."""
+class Plan:
+    """The child's choice for one model file, as the worker reads it back from the cache."""
 
-    model: Any | None
+    source_sha256: str
+    runtime: str
+    """`onnxruntime` or `neighbors` (no scikit-learn in the worker), or `scikit-learn`."""
     reason: str
+    classes: list[int | str]
+    score_kind: str
+    artefact: str | None = None
+    """The chosen runtime's file in the cache (`<sha256>.onnx` or `.npz`), if it has one."""
+    artefact_sha256: str | None = None
+    timings_us: dict[str, float] = field(default_factory=dict)
+    format: int = PLAN_FORMAT
+
+    @property
+    def needs_scikit_learn(self) -> bool:
+        """Whether the worker must unpickle the model (and import scikit-learn) to serve it."""
+        return self.runtime == SCIKIT_LEARN
+
+
+def read_plan(folder: Path, sha256: str) -> Plan | None:
+    """The cached plan for a file, if there is a current one whose artefact is intact."""
+    path = folder / f"{sha256}.json"
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        plan = Plan(**document)
+    except (OSError, ValueError, TypeError):
+        return None
+    if plan.format != PLAN_FORMAT or plan.source_sha256 != sha256:
+        return None
+    if plan.artefact is not None:
+        try:
+            data = (folder / plan.artefact).read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != plan.artefact_sha256:
+            return None
+    return plan
+
+
+def plan_for(
+    path: Path, sha256: str, trusted_types: Sequence[str] = ()
+) -> tuple[Plan | None, Path, str]:
+    """The plan for a model file (cached, else made by the child), its folder, and what happened.
+
+    A private temporary folder stands in for a cache that cannot be trusted; its plan then lives
+    as long as the process (it is made again at the next start).
+    """
+    folder = cache_dir()
+    if not private_dir(folder):
+        folder = Path(tempfile.mkdtemp(prefix="digitserve-runtime-"))
+    plan = read_plan(folder, sha256)
+    if plan is not None:
+        return plan, folder, "cached"
+    try:
+        _run_child(path, sha256, folder, trusted_types)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        return None, folder, f"not compiled ({type(exc).__name__}: {exc})"[:300]
+    plan = read_plan(folder, sha256)
+    return plan, folder, "compiled" if plan else "not compiled (the child wrote no plan)"
+
+
+def _run_child(path: Path, sha256: str, folder: Path, trusted_types: Sequence[str]) -> None:
+    """Run this module in a fresh interpreter: scikit-learn and skl2onnx never enter the worker."""
+    result = subprocess.run(  # noqa: S603 - this interpreter, this module, no shell
+        [sys.executable, "-m", __name__, str(path), sha256, str(folder)],
+        input=json.dumps(list(trusted_types)).encode(),
+        capture_output=True,
+        timeout=CONVERT_SECONDS,
+        check=False,
+    )
+    if result.returncode != 0:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"exit status {result.returncode}")
+
+
+# What follows runs in the child, where scikit-learn is imported.
+
+Answer = Callable[[NDArray[Any]], tuple[NDArray[Any], NDArray[Any]]]
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One way to serve the model, with what the check and the timing found."""
+
+    runtime: str
+    answer: Answer | None
+    needs_scikit_learn: bool
+    artefact: bytes | None = None
+    suffix: str = ""
+    verdict: str = ""
+    microseconds: float = float("inf")
+
+    @property
+    def passed(self) -> bool:
+        return self.answer is not None and not self.verdict
 
 
 def export(estimator: Any) -> bytes:
@@ -76,84 +219,174 @@ def export(estimator: Any) -> bytes:
     return data
 
 
-def _export_in_child(estimator: Any) -> bytes:
-    """Run `export` in a fresh interpreter, so the worker never imports skl2onnx.
-
-    The estimator goes over a pipe as a pickle: the service's own object, already loaded from
-    the operator's file, never a client's bytes.
-    """
-    result = subprocess.run(  # noqa: S603 - this interpreter, this module, no shell
-        [sys.executable, "-m", __name__],
-        input=pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL),
-        capture_output=True,
-        timeout=CONVERT_SECONDS,
-        check=False,
-    )
-    if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise RuntimeError(lines[-1] if lines else f"exit status {result.returncode}")
-    return result.stdout
-
-
-def compiled(estimator: Any, sha256: str, public: Any) -> Verdict:
-    """The ONNX Runtime model for `estimator` if it is exact and faster, with the reason.
-
-    `public` answers through scikit-learn's API: labels must be the same on every check row,
-    scores the same to float32's precision, and one row must be faster.
-    """
+def _onnx_candidate(estimator: Any, classes: tuple[Any, ...]) -> Candidate:
     from digitserve.runtimes.onnx import load_onnx
 
-    target = cache_dir() / f"{sha256}.onnx"
     try:
-        if target.is_file():
-            data = target.read_bytes()
-        else:
-            data = _export_in_child(estimator)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_bytes(data)
-            partial.replace(target)  # whole or not at all, for other workers and restarts
-        model = load_onnx(str(target), data, tuple(np.asarray(estimator.classes_).tolist()))
-    except (Exception, subprocess.TimeoutExpired) as exc:
-        return Verdict(None, f"not converted to ONNX ({type(exc).__name__}: {exc})"[:300])
-    if tuple(model.classes) != tuple(np.asarray(estimator.classes_).tolist()):
-        return Verdict(None, "the ONNX export lists other classes than scikit-learn")
-    rows = verification_rows()
+        data = export(estimator)
+        model = load_onnx("export.onnx", data, classes)
+    except Exception as exc:  # skl2onnx has no converter, or the export does not open
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"not converted ({type(exc).__name__}: {first_line})"[:200]
+        return Candidate("onnxruntime", None, False, verdict=reason)
+    if tuple(model.classes) != classes:
+        return Candidate("onnxruntime", None, False, verdict="lists other classes")
+    return Candidate("onnxruntime", model.answer, False, data, ".onnx")
+
+
+def _array_candidates(estimator: Any) -> list[Candidate]:
+    """The numpy runtimes that can take this estimator (`runtimes.neighbors`, ...)."""
+    import io
+
+    from digitserve.runtimes import ARRAY_RUNTIMES
+
+    found = []
+    for kind, runtime in ARRAY_RUNTIMES.items():
+        model = runtime.from_estimator(estimator)
+        if model is None:
+            continue
+        buffer = io.BytesIO()
+        arrays: dict[str, Any] = model.arrays()
+        np.savez(buffer, **arrays)
+        found.append(Candidate(kind, model.answer, False, buffer.getvalue(), ".npz"))
+    return found
+
+
+def check(candidate: Candidate, rows: NDArray[np.float64], expected: tuple[Any, Any]) -> None:
+    """Fill in the candidate's verdict: labels equal on every row, scores close, or why not.
+
+    Rows are asked all at once and, a sample of them, one at a time, as requests mostly come: a
+    runtime may compute a lone row another way than a batch.
+    """
+    assert candidate.answer is not None  # noqa: S101 - only built candidates are checked
+    alone = slice(None, None, ALONE_EVERY)
     try:
-        their_labels, their_scores = public(rows)
-        our_labels, our_scores = model.answer(rows)
+        labels, scores = candidate.answer(rows)
+        one_by_one = [candidate.answer(row[np.newaxis]) for row in rows[alone]]
     except Exception as exc:
-        return Verdict(None, f"the ONNX export failed on the check rows ({exc})"[:300])
-    disagree = int(np.count_nonzero(np.asarray(our_labels) != np.asarray(their_labels)))
-    if disagree:
-        return Verdict(
-            None,
-            f"the ONNX export's labels differ from scikit-learn's on {disagree} of {len(rows)}",
-        )
-    if our_scores.shape != their_scores.shape or not np.allclose(
-        our_scores, their_scores, rtol=1e-3, atol=1e-4
+        candidate.verdict = f"failed on the check rows ({exc})"[:200]
+        return
+    their_labels, their_scores = (np.asarray(part) for part in expected)
+    for mine, theirs, how in (
+        ((labels, scores), (their_labels, their_scores), ""),
+        (
+            (
+                np.concatenate([np.asarray(part[0]) for part in one_by_one]),
+                np.concatenate([np.asarray(part[1]) for part in one_by_one]),
+            ),
+            (their_labels[alone], their_scores[alone]),
+            " asked one at a time",
+        ),
     ):
-        return Verdict(None, "the ONNX export's scores differ from scikit-learn's")
-    onnx_seconds, public_seconds = _per_row(model.answer), _per_row(public)
-    check = f"ONNX labels equal scikit-learn's on all {len(rows)} check rows"
-    timing = f"{onnx_seconds * 1e6:.0f} µs a row against scikit-learn's {public_seconds * 1e6:.0f}"
-    if onnx_seconds >= public_seconds:
-        return Verdict(None, f"{check}, but it is not faster ({timing})")
-    return Verdict(model, f"{check}; {timing}")
+        disagree = int(np.count_nonzero(np.asarray(mine[0]) != theirs[0]))
+        if disagree:
+            candidate.verdict = f"labels differ on {disagree} of {len(theirs[0])} check rows{how}"
+            return
+        if np.shape(mine[1]) != np.shape(theirs[1]) or not np.allclose(
+            mine[1], theirs[1], rtol=SCORE_RTOL, atol=SCORE_ATOL
+        ):
+            candidate.verdict = f"scores differ from scikit-learn's{how}"
+            return
 
 
-def _per_row(answer: Any) -> float:
+def per_row_microseconds(answer: Answer) -> float:
     """The best time of a one-row call, over a few tries."""
     row = np.full((1, N_FEATURES), 8, dtype=np.int64)
     answer(row)
     best = float("inf")
-    for _ in range(20):
+    for _ in range(30):
         started = time.perf_counter()
         answer(row)
         best = min(best, time.perf_counter() - started)
-    return best
+    return best * 1e6
+
+
+def choose(candidates: Sequence[Candidate]) -> Candidate | None:
+    """The fastest candidate that passed, unless one without scikit-learn is nearly as fast."""
+    passed = [c for c in candidates if c.passed]
+    if not passed:
+        return None
+    fastest = min(passed, key=lambda c: c.microseconds)
+    free = [c for c in passed if not c.needs_scikit_learn]
+    if free:
+        best_free = min(free, key=lambda c: c.microseconds)
+        if best_free.microseconds <= SKLEARN_FREE_PREFERENCE * fastest.microseconds:
+            return best_free
+    return fastest
+
+
+def describe(chosen: Candidate, candidates: Sequence[Candidate], rows: int) -> str:
+    """The sentence for the log and the card: what serves, and what every candidate did."""
+    parts = []
+    for c in candidates:
+        if c.passed:
+            parts.append(f"{c.runtime} {c.microseconds:.0f} µs a row")
+        else:
+            parts.append(f"{c.runtime} not used: {c.verdict}")
+    return f"{chosen.runtime}: labels equal scikit-learn's on all {rows} check rows; " + "; ".join(
+        parts
+    )
+
+
+def make_plan(path: Path, sha256: str, folder: Path, trusted_types: Sequence[str]) -> Plan:
+    """Load the file with scikit-learn, try every runtime, and write the plan (in the child)."""
+    from digitserve.classifier import _public_predictors, answerer, load_classifier
+
+    classifier = load_classifier(path, "model", expected_sha256=sha256, trusted_types=trusted_types)
+    estimator = classifier.estimator
+    classes = tuple(classifier.classes)
+    rows = verification_rows()
+    expected = answerer(_public_predictors(estimator, classifier.score_kind))(rows)
+    candidates = [
+        Candidate(classifier.path, classifier.answer, True),
+        *_array_candidates(estimator),
+        _onnx_candidate(estimator, classes),
+    ]
+    for candidate in candidates:
+        if candidate.answer is not None and not candidate.verdict:
+            check(candidate, rows, expected)
+        if candidate.passed:
+            assert candidate.answer is not None  # noqa: S101 - passed means built
+            candidate.microseconds = per_row_microseconds(candidate.answer)
+    chosen = choose(candidates)
+    if chosen is None:  # even scikit-learn's own fast path failed the check: the public API
+        chosen = Candidate(SCIKIT_LEARN, None, True)
+        reason = "scikit-learn's public API: no faster way matched it on the check rows"
+    else:
+        reason = describe(chosen, candidates, len(rows))
+    plan = Plan(
+        source_sha256=sha256,
+        runtime=chosen.runtime if not chosen.needs_scikit_learn else SCIKIT_LEARN,
+        reason=reason,
+        classes=list(classes),
+        score_kind=classifier.score_kind,
+        timings_us={c.runtime: round(c.microseconds, 1) for c in candidates if c.passed},
+    )
+    if chosen.artefact is not None:
+        name = f"{sha256}{chosen.suffix}"
+        _write_whole(folder / name, chosen.artefact)
+        plan = Plan(
+            **{
+                **asdict(plan),
+                "artefact": name,
+                "artefact_sha256": hashlib.sha256(chosen.artefact).hexdigest(),
+            }
+        )
+    _write_whole(folder / f"{sha256}.json", json.dumps(asdict(plan), indent=1).encode())
+    return plan
+
+
+def _write_whole(target: Path, data: bytes) -> None:
+    """Write a file whole or not at all, for other workers and restarts reading the cache."""
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_bytes(data)
+    partial.replace(target)
 
 
 if __name__ == "__main__":
-    # The child of `_export_in_child`: a pickled estimator in, its ONNX export out.
-    sys.stdout.buffer.write(export(pickle.loads(sys.stdin.buffer.read())))  # noqa: S301
+    # The child of `_run_child`: model file, its sha256 and the cache folder on the command line,
+    # the trusted skops types as JSON on stdin.
+    made = make_plan(
+        Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), json.loads(sys.stdin.read() or "[]")
+    )
+    print(made.reason)
