@@ -190,13 +190,31 @@ def test_a_failing_request_fails_alone(classifier: Classifier, split: Split) -> 
     assert isinstance(error, ValueError)
 
 
-@pytest.mark.parametrize("change", [{"max_rows": 1}, {"path": "scikit-learn"}])
-def test_batching_is_off_with_one_row_or_on_the_public_api_path(
+@pytest.mark.parametrize("change", [{"max_rows": 1}, {"batchable": False}])
+def test_batching_is_off_with_one_row_or_when_batches_answer_otherwise(
     classifier: Classifier, split: Split, change: dict[str, Any]
 ) -> None:
-    model = dataclasses.replace(classifier, path=change.get("path", classifier.path))
+    model = dataclasses.replace(classifier, batchable=change.get("batchable", classifier.batchable))
     target = batcher(model, max_rows=change.get("max_rows", 64))
     assert not target.enabled
     requests = rows_of(split, 1, 1, 1)
     assert asyncio.run(gather(target, requests)) == [classifier.predict(r) for r in requests]
     assert model_calls(target) == [3, 3]
+
+
+def test_a_runtime_is_batched_only_when_batches_answer_to_the_bit_as_rows_alone() -> None:
+    from digitserve.batching import answers_alike_in_batches
+
+    rows = np.random.default_rng(0).integers(0, 17, size=(70, 64)).astype(np.float64)
+    weights = np.random.default_rng(1).normal(size=(64, 10))
+
+    def per_row(batch: np.ndarray[Any, Any]) -> tuple[Any, Any]:
+        scores = np.vstack([row @ weights for row in batch])
+        return scores.argmax(axis=1), scores
+
+    def shifted_by_the_batch(batch: np.ndarray[Any, Any]) -> tuple[Any, Any]:
+        scores = batch @ weights + len(batch) * 1e-12  # answers depend on who else is in it
+        return scores.argmax(axis=1), scores
+
+    assert answers_alike_in_batches(per_row, rows)
+    assert not answers_alike_in_batches(shifted_by_the_batch, rows)

@@ -130,6 +130,7 @@ def test_a_classic_svc_is_served_by_numpy_to_the_bit(
     served = load_model(path, "svc", compile_onnx=True)
     assert served.path in ("svm", "kernel-table")  # the kernel table only if twice as fast
     assert "svm" in served.card["runtime_check"]
+    assert served.batchable  # each row computed alone, exactly: requests may share calls
     rows = split.x_test.astype(np.int64)
     predictions = served.predict(rows)
     assert [p.label for p in predictions] == svc.predict(rows.astype(np.float64)).tolist()

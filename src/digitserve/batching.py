@@ -15,9 +15,10 @@ call; between 4 and 100 µs more in three runs), so a worker batches only while 
 as is a request alone. Once every request in the worker has queued its rows, the call is made
 there and then. `batch_wait_ms` may hold the first request of a batch that much longer for others
 to join (off by default: under load the queue fills without waiting). Batching applies only
-where the answers are known not to depend on the other rows of the call: the libsvm,
-kernel-table, numpy SVC and nearest-neighbour paths compute each row alone, in exact arithmetic
-where it matters, so a batched answer is bit for bit the one made alone.
+where the answers are known not to depend on the other rows of the call (`Classifier.batchable`):
+libsvm and the kernel table compute each row alone, in exact arithmetic where it matters; other
+runtimes are batched when `answers_alike_in_batches` found a batch's answers bit for bit the ones
+each row gets alone (ONNX Runtime's tree ensembles do; its matrix products may not).
 """
 
 import asyncio
@@ -35,9 +36,28 @@ from digitserve.metrics import Metrics
 Rows = NDArray[Any]
 """(n, 64) feature rows of one request."""
 
-BATCHABLE_PATHS = frozenset({"libsvm", "kernel-table", "svm", "neighbors"})
-"""Prediction paths whose answer for a row does not depend on the other rows of the call. The
-public scikit-learn path may compute a batch with other floating-point blocking than one row."""
+BATCH_SIZES_CHECKED = (2, 3, 16, 64)
+"""Batch sizes `answers_alike_in_batches` tries: odd and even, small and as large as batches get."""
+
+
+def answers_alike_in_batches(
+    answer: Callable[[NDArray[Any]], tuple[NDArray[Any], NDArray[Any]]], rows: NDArray[Any]
+) -> bool:
+    """Whether every row gets, to the bit, the same label and scores alone as in batches."""
+    try:
+        alone = [answer(row[np.newaxis]) for row in rows]
+        for size in BATCH_SIZES_CHECKED:
+            for start in range(0, len(rows), size):
+                labels, scores = answer(rows[start : start + size])
+                for offset, (their_labels, their_scores) in enumerate(alone[start : start + size]):
+                    if not (
+                        np.array_equal(labels[offset : offset + 1], their_labels)
+                        and np.array_equal(scores[offset : offset + 1], their_scores)
+                    ):
+                        return False
+    except Exception:  # a runtime that fails on a batch is not batched
+        return False
+    return True
 
 
 class MicroBatcher:
@@ -66,7 +86,7 @@ class MicroBatcher:
         self.min_requests = max(min_requests, 2)  # one request alone has no one to share with
         self.wait_seconds = wait_seconds
         self.admitted = admitted
-        self.enabled = max_rows > 1 and classifier.path in BATCHABLE_PATHS
+        self.enabled = max_rows > 1 and classifier.batchable
         self._queue: list[tuple[Rows, asyncio.Future[list[Prediction]]]] = []
         self._queued_rows = 0
         self._flush_handle: asyncio.Handle | None = None

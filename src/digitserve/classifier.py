@@ -67,6 +67,9 @@ class Classifier:
     answer: Answerer = field(repr=False)
     path: PredictionPath = "scikit-learn"
     card: dict[str, Any] = field(default_factory=dict)
+    batchable: bool = False
+    """Whether a row's answer is the same, to the bit, alone or in a batch with other rows: only
+    then may requests share model calls (`batching`)."""
 
     @property
     def class_keys(self) -> tuple[str, ...]:
@@ -404,6 +407,9 @@ def load_classifier(
         answer=answer,
         path=path_taken,
         card=card,
+        # libsvm computes each row alone, the kernel table in exact arithmetic; scikit-learn's
+        # public API may block a batch's floating-point work otherwise than a row's.
+        batchable=path_taken in ("libsvm", "kernel-table"),
     )
     try:
         classifier.predict(np.zeros((1, N_FEATURES), dtype=np.int64))

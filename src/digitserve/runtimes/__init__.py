@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from digitserve.batching import answers_alike_in_batches
 from digitserve.classifier import (
     Classifier,
     PredictionPath,
@@ -145,6 +146,7 @@ def _from_plan(
         answer=model.answer,
         path=cast(PredictionPath, plan.runtime),
         card={**card, "runtime_check": plan.reason},
+        batchable=plan.batchable,
     )
     try:
         classifier.predict(np.zeros((1, N_FEATURES), dtype=np.int64))
@@ -186,4 +188,5 @@ def _load_onnx(
         answer=model.answer,
         path="onnxruntime",
         card=read_card(path, sha256),
+        batchable=answers_alike_in_batches(model.answer, rows),
     )

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from digitserve.batching import answers_alike_in_batches
 from digitserve.preprocessing import LEVELS, N_FEATURES
 
 logger = logging.getLogger("digitserve")
@@ -49,7 +50,7 @@ CONVERT_SECONDS = 180
 SKLEARN_FREE_PREFERENCE = 2.0
 """How much faster a runtime needing scikit-learn must be to win over one that does not."""
 
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3
 """Bumped when the plan, the check or the candidates change: older plans are made again."""
 
 SCORE_RTOL, SCORE_ATOL = 1e-3, 1e-4
@@ -114,6 +115,8 @@ class Plan:
     """The chosen runtime's file in the cache (`<sha256>.onnx` or `.npz`), if it has one."""
     artefact_sha256: str | None = None
     timings_us: dict[str, float] = field(default_factory=dict)
+    batchable: bool = False
+    """Whether the runtime answered every sampled row alike alone and in batches (`batching`)."""
     format: int = PLAN_FORMAT
 
     @property
@@ -361,6 +364,8 @@ def make_plan(path: Path, sha256: str, folder: Path, trusted_types: Sequence[str
         classes=list(classes),
         score_kind=classifier.score_kind,
         timings_us={c.runtime: round(c.microseconds, 1) for c in candidates if c.passed},
+        batchable=chosen.answer is not None
+        and answers_alike_in_batches(chosen.answer, rows[::ALONE_EVERY]),
     )
     if chosen.artefact is not None:
         name = f"{sha256}{chosen.suffix}"
