@@ -33,9 +33,9 @@ class Settings(BaseSettings):
     change it; `poll`: the folder is watched and changes are served on their own."""
 
     compile_onnx: bool = True
-    """Serve a scikit-learn model that has no faster way through ONNX Runtime, when its skl2onnx
-    export gives exactly its labels on every check row and is faster (exports are cached in
-    `DIGITSERVE_ONNX_CACHE`, default a folder in the temp dir)."""
+    """Choose each scikit-learn file's runtime in a child process (ONNX Runtime, numpy or
+    scikit-learn, each checked against scikit-learn; `runtimes.compiled`), cached in
+    `DIGITSERVE_ONNX_CACHE` (default a folder in the temp dir); off: scikit-learn in the worker."""
 
     model_poll_seconds: float = Field(5.0, gt=0, le=3600)
     """How often the `poll` control mode looks at the repository folder."""
