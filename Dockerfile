@@ -28,13 +28,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The bundled model ships inside the package. To serve your own, mount a model repository
 # (<name>/<version>/model.<ext>) and point at it: -v $PWD/models:/models:ro
 # -e DIGITSERVE_MODEL_REPOSITORY=/models
-RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin digitserve
+RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin digitserve \
+    && install -d -m 700 -o 10001 -g 10001 /opt/digitserve-plans
 COPY --from=build /opt/digitserve /opt/digitserve
 WORKDIR /app
+# Each model's runtime (docs/models.md) is chosen and checked once, here, as the user that serves:
+# the bundled models start in milliseconds. Plans for mounted models are made at start-up in /tmp.
+ENV DIGITSERVE_ONNX_CACHE=/opt/digitserve-plans
 
 # Nothing is written outside /tmp (the Prometheus files of several workers go there): run with a
 # read-only root filesystem and a tmpfs on /tmp.
 USER 10001:10001
+RUN ["digitserve", "compile"]
 # 8000: HTTP (REST, /v1 and /v2); 8081: gRPC, served when DIGITSERVE_GRPC_PORT=8081.
 EXPOSE 8000 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

@@ -298,3 +298,27 @@ def test_interrupts_and_closed_pipes_end_in_one_line(
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1
     assert stderr == b""
+
+
+def test_compile_chooses_and_caches_each_runtime_ahead_of_serving(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from digitserve.training import split_digits
+
+    split = split_digits()
+    model = tmp_path / "logistic.pickle"
+    fitted = LogisticRegression(max_iter=3000).fit(split.x_train, split.y_train)
+    model.write_bytes(pickle.dumps(fitted))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DIGITSERVE_ONNX_CACHE", str(cache))
+    assert main(["compile", "--model", str(model), "--model-name", "logistic"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith("logistic 1: onnxruntime (onnxruntime: labels equal scikit-learn's")
+    assert len(list(cache.glob("*.json"))) == 1  # the plan serve will read
+    assert main(["compile"]) == 0  # the bundled repository: both models
+    assert [out.split(":")[0] for out in capsys.readouterr().out.splitlines()] == [
+        "digits 1",
+        "digits-robust 1",
+    ]

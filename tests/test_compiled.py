@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
 from digitserve.runtimes import compiled, load_model
-from digitserve.runtimes.compiled import Candidate, check, choose
+from digitserve.runtimes.compiled import Candidate, Reference, check, choose
 from digitserve.training import Split
 
 
@@ -53,7 +53,7 @@ def test_a_runtime_that_failed_its_check_is_never_chosen() -> None:
 
 def test_the_check_refuses_one_wrong_label_in_a_batch_or_alone() -> None:
     rows = np.zeros((40, 64))
-    expected = (np.zeros(40, dtype=int), np.eye(3)[np.zeros(40, dtype=int)])
+    expected = Reference.of(answers([0]), rows)
     good = Candidate("x", answers([0]), False)
     check(good, rows, expected)
     assert good.passed
@@ -136,3 +136,41 @@ def test_a_classic_svc_is_served_by_numpy_to_the_bit(
     assert [p.label for p in predictions] == svc.predict(rows.astype(np.float64)).tolist()
     scores = np.array([[p.scores[str(k)] for k in range(10)] for p in predictions])
     assert np.array_equal(scores, svc.decision_function(rows.astype(np.float64)))
+
+
+def test_where_scikit_learn_answers_a_row_otherwise_alone_either_label_passes() -> None:
+    rows = np.zeros((40, 64))
+
+    def tie_broken_by_the_batch(rows: np.ndarray[Any, Any]) -> tuple[Any, Any]:
+        picked = np.zeros(len(rows), dtype=int) if len(rows) > 1 else np.ones(1, dtype=int)
+        return picked, np.eye(3)[picked]
+
+    reference = Reference.of(tie_broken_by_the_batch, rows)  # rows 0 and 20: 0 in a batch, 1 alone
+    for labels in ([0], [1] + [0] * 19 + [1] + [0] * 19, [0] * 20 + [1] + [0] * 19):
+        candidate = Candidate("x", answers(labels), False)
+        check(candidate, rows, reference)
+        assert candidate.passed, (labels, candidate.verdict)
+    wrong = Candidate("x", answers([0] * 5 + [2] + [0] * 34), False)  # row 5 is not a tie
+    check(wrong, rows, reference)
+    assert wrong.verdict == "labels differ on 1 of 40 check rows"
+
+
+def test_a_read_only_cache_is_read_and_new_plans_go_to_a_private_temporary_folder(
+    tmp_path: Path, logistic_file: Path, split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DIGITSERVE_ONNX_CACHE", str(cache))
+    load_model(logistic_file, "logistic", compile_onnx=True)  # baked, as the image build does
+    writable = os.access
+    # A read-only image (root may write anywhere, so the check is what is replaced).
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != cache and writable(path, mode)
+    )
+    child = compiled._run_child
+    monkeypatch.setattr(compiled, "_run_child", lambda *args: pytest.fail("recompiled"))
+    assert load_model(logistic_file, "logistic", compile_onnx=True).path == "onnxruntime"
+    monkeypatch.setattr(compiled, "_run_child", child)
+    other = tmp_path / "svc.pickle"
+    other.write_bytes(pickle.dumps(SVC(gamma=0.001).fit(split.x_train, split.y_train)))
+    assert load_model(other, "svc", compile_onnx=True).path in ("svm", "kernel-table")
+    assert len(list(cache.iterdir())) == 2  # the logistic plan and its ONNX file only

@@ -109,6 +109,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
+    compile_ = commands.add_parser(
+        "compile",
+        help="choose and cache every model's runtime ahead of serving (as serve would at start)",
+        description="Load every model as `serve` would, so that each scikit-learn file's runtime "
+        "is chosen, checked and cached now (DIGITSERVE_ONNX_CACHE), e.g. while a container image "
+        "is built; then print which runtime serves each version and what its check found.",
+    )
+    _model_options(compile_)
+    compile_.set_defaults(run=_compile)
+
     predict = commands.add_parser(
         "predict",
         help="classify local image files without a server",
@@ -332,6 +342,20 @@ def _serve(args: argparse.Namespace) -> int:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    """Load every model (which makes and caches its plan), then say what serves each version."""
+    dataplane = _dataplane(_settings(args))
+    repository = dataplane.repository
+    for line in repository.index():
+        if line.state != "READY":
+            print(f"{line.name} {line.version}: {line.state} {line.reason}".rstrip())
+            continue
+        classifier = dataplane.model(line.name, line.version).classifier
+        check = classifier.card.get("runtime_check", "")
+        print(f"{line.name} {line.version}: {classifier.path}" + (f" ({check})" if check else ""))
+    return 0 if repository.all_ready() else 1
 
 
 STDIN = "-"

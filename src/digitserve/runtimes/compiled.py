@@ -50,7 +50,7 @@ CONVERT_SECONDS = 180
 SKLEARN_FREE_PREFERENCE = 2.0
 """How much faster a runtime needing scikit-learn must be to win over one that does not."""
 
-PLAN_FORMAT = 3
+PLAN_FORMAT = 4
 """Bumped when the plan, the check or the candidates change: older plans are made again."""
 
 SCORE_RTOL, SCORE_ATOL = 1e-3, 1e-4
@@ -76,7 +76,8 @@ def private_dir(folder: Path) -> bool:
     by another user, or writable by group or others (a shared /tmp), is not used.
     """
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not folder.exists():
+            folder.mkdir(mode=0o700, parents=True)
         status = folder.stat()
     except OSError as exc:
         logger.warning("runtime cache %s cannot be used: %s", folder, exc)
@@ -150,15 +151,16 @@ def plan_for(
 ) -> tuple[Plan | None, Path, str]:
     """The plan for a model file (cached, else made by the child), its folder, and what happened.
 
-    A private temporary folder stands in for a cache that cannot be trusted; its plan then lives
-    as long as the process (it is made again at the next start).
+    A private temporary folder stands in for a cache that cannot be trusted or written (a plan
+    baked into a read-only image is still read); its plan is made again at the next start.
     """
     folder = cache_dir()
-    if not private_dir(folder):
-        folder = Path(tempfile.mkdtemp(prefix="digitserve-runtime-"))
-    plan = read_plan(folder, sha256)
+    trusted = private_dir(folder)
+    plan = read_plan(folder, sha256) if trusted else None
     if plan is not None:
         return plan, folder, "cached"
+    if not trusted or not os.access(folder, os.W_OK):  # e.g. baked into a read-only image
+        folder = Path(tempfile.mkdtemp(prefix="digitserve-runtime-"))
     try:
         _run_child(path, sha256, folder, trusted_types)
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -255,38 +257,73 @@ def _array_candidates(estimator: Any) -> list[Candidate]:
     return found
 
 
-def check(candidate: Candidate, rows: NDArray[np.float64], expected: tuple[Any, Any]) -> None:
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """scikit-learn's public answers on the check rows: all at once, and a sample one at a time.
+
+    A few rows get another label from scikit-learn alone than in a batch (k-nearest neighbours
+    break ties between equally near rows by how the search was split); either label is then
+    scikit-learn's, and a runtime may give either, with either's scores.
+    """
+
+    labels: NDArray[Any]
+    scores: NDArray[Any]
+    alone_labels: NDArray[Any]
+    alone_scores: NDArray[Any]
+
+    @classmethod
+    def of(cls, public: Answer, rows: NDArray[np.float64]) -> "Reference":
+        labels, scores = public(rows)
+        alone = [public(row[np.newaxis]) for row in rows[::ALONE_EVERY]]
+        return cls(
+            np.asarray(labels),
+            np.asarray(scores),
+            np.concatenate([np.asarray(part[0]) for part in alone]),
+            np.concatenate([np.asarray(part[1]) for part in alone]),
+        )
+
+
+def check(candidate: Candidate, rows: NDArray[np.float64], reference: Reference) -> None:
     """Fill in the candidate's verdict: labels equal on every row, scores close, or why not.
 
     Rows are asked all at once and, a sample of them, one at a time, as requests mostly come: a
     runtime may compute a lone row another way than a batch.
     """
     assert candidate.answer is not None  # noqa: S101 - only built candidates are checked
-    alone = slice(None, None, ALONE_EVERY)
     try:
-        labels, scores = candidate.answer(rows)
-        one_by_one = [candidate.answer(row[np.newaxis]) for row in rows[alone]]
+        labels, scores = (np.asarray(part) for part in candidate.answer(rows))
+        one_by_one = [candidate.answer(row[np.newaxis]) for row in rows[::ALONE_EVERY]]
     except Exception as exc:
         candidate.verdict = f"failed on the check rows ({exc})"[:200]
         return
-    their_labels, their_scores = (np.asarray(part) for part in expected)
-    for mine, theirs, how in (
-        ((labels, scores), (their_labels, their_scores), ""),
+    alone_labels = np.concatenate([np.asarray(part[0]) for part in one_by_one])
+    alone_scores = np.concatenate([np.asarray(part[1]) for part in one_by_one])
+    # Where scikit-learn's own label depends on the batch, either of its answers is right.
+    other = reference.labels.copy()
+    other[::ALONE_EVERY] = reference.alone_labels
+    firm = other == reference.labels
+    batch_labels = reference.labels[::ALONE_EVERY]
+    for mine, mine_scores, theirs, theirs_scores, also, kept, how in (
+        (labels, scores, reference.labels, reference.scores, other, firm, ""),
         (
-            (
-                np.concatenate([np.asarray(part[0]) for part in one_by_one]),
-                np.concatenate([np.asarray(part[1]) for part in one_by_one]),
-            ),
-            (their_labels[alone], their_scores[alone]),
+            alone_labels,
+            alone_scores,
+            reference.alone_labels,
+            reference.alone_scores,
+            batch_labels,
+            firm[::ALONE_EVERY],
             " asked one at a time",
         ),
     ):
-        disagree = int(np.count_nonzero(np.asarray(mine[0]) != theirs[0]))
-        if disagree:
-            candidate.verdict = f"labels differ on {disagree} of {len(theirs[0])} check rows{how}"
+        if mine.shape != theirs.shape or np.shape(mine_scores) != np.shape(theirs_scores):
+            candidate.verdict = f"answers of another shape than scikit-learn's{how}"
             return
-        if np.shape(mine[1]) != np.shape(theirs[1]) or not np.allclose(
-            mine[1], theirs[1], rtol=SCORE_RTOL, atol=SCORE_ATOL
+        disagree = int(np.count_nonzero((mine != theirs) & (mine != also)))
+        if disagree:
+            candidate.verdict = f"labels differ on {disagree} of {len(theirs)} check rows{how}"
+            return
+        if not np.allclose(
+            mine_scores[kept], theirs_scores[kept], rtol=SCORE_RTOL, atol=SCORE_ATOL
         ):
             candidate.verdict = f"scores differ from scikit-learn's{how}"
             return
@@ -339,7 +376,7 @@ def make_plan(path: Path, sha256: str, folder: Path, trusted_types: Sequence[str
     estimator = classifier.estimator
     classes = tuple(classifier.classes)
     rows = verification_rows()
-    expected = answerer(_public_predictors(estimator, classifier.score_kind))(rows)
+    reference = Reference.of(answerer(_public_predictors(estimator, classifier.score_kind)), rows)
     candidates = [
         Candidate(classifier.path, classifier.answer, True),
         *_array_candidates(estimator),
@@ -347,7 +384,7 @@ def make_plan(path: Path, sha256: str, folder: Path, trusted_types: Sequence[str
     ]
     for candidate in candidates:
         if candidate.answer is not None and not candidate.verdict:
-            check(candidate, rows, expected)
+            check(candidate, rows, reference)
         if candidate.passed:
             assert candidate.answer is not None  # noqa: S101 - passed means built
             candidate.microseconds = per_row_microseconds(candidate.answer)
