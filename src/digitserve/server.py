@@ -13,7 +13,9 @@ import functools
 import gc
 import logging
 import math
+import os
 import signal
+import sys
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -394,6 +396,20 @@ def serve_forked(app: ASGIApp, settings: Settings, options: dict[str, Any]) -> N
             super().init_signals()
             signal.signal(signal.SIGTERM, _ignore)
             signal.signal(signal.SIGINT, _ignore)
+
+        def run(self) -> None:
+            """Serve, then leave without the C++ libraries' exit-time destructors.
+
+            ONNX Runtime's environment was made in the arbiter, before the fork: its threads are
+            not in this process, and at exit its destructor waits for them for ever (in
+            `pthread_cond_destroy`), so the worker hung on SIGTERM until the arbiter gave up and
+            left it running. By now the server has drained and every request is answered.
+            """
+            super().run()
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     class Arbiter(BaseApplication):  # type: ignore[misc]
         """gunicorn run from code, serving the app built in this process."""
