@@ -13,8 +13,8 @@ pickle. A full run writes latest.json and latest.md, and the run-by-run log
 previous latest.json, each section with its own date.
 
     python -m bench.run            # the body matrix (~10 minutes)
-    python -m bench.run --matrix   # the model matrix only (~6 minutes)
-    python -m bench.run --all      # both in one run (~16 minutes)
+    python -m bench.run --matrix   # the model matrix only (~7 minutes)
+    python -m bench.run --all      # both in one run (~17 minutes)
     python -m bench.run --smoke    # about a minute: both, small, as CI runs it
 """
 
