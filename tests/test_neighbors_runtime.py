@@ -319,17 +319,28 @@ def test_classes_checked_on_construction(classes: tuple[Any, ...], message: str)
         )
 
 
-@pytest.mark.parametrize(
-    "value", [0.5, np.nan, np.inf, 17, -1], ids=["fraction", "nan", "inf", "17", "-1"]
-)
+@pytest.mark.parametrize("value", [np.nan, np.inf, 17, -1], ids=["nan", "inf", "17", "-1"])
 def test_answer_refuses_other_values(value: float) -> None:
-    """Only integers 0..16 are answered: others would not give scikit-learn's distances."""
+    """Only ink levels 0..16 are answered."""
     rows, labels = tie_training()
     model = served(KNeighborsClassifier(3).fit(rows, labels))
     features = np.zeros((2, 64))
     features[1, 7] = value
-    with pytest.raises(ValueError, match=r"integers 0\.\.16"):
+    with pytest.raises(ValueError, match=r"ink levels 0\.\.16"):
         model.answer(features)
+
+
+def test_rows_with_fractions_are_answered_like_scikit_learn_away_from_ties() -> None:
+    """Fractions (from /v2 tensors) go the same way; off ties the labels are scikit-learn's."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    estimator = KNeighborsClassifier(3).fit(digits.data[:900], digits.target[:900])
+    model = served(estimator)
+    rows = digits.data[900:1200] * 0.9 + 0.35
+    labels, scores = model.answer(rows)
+    assert np.array_equal(labels, estimator.predict(rows))
+    assert np.allclose(scores, estimator.predict_proba(rows))
 
 
 def test_answer_shapes() -> None:

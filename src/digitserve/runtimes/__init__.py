@@ -60,9 +60,10 @@ class ArrayRuntimeType(Protocol):
 
 
 def _array_runtimes() -> dict[str, ArrayRuntimeType]:
+    from digitserve.runtimes.neighbors import NeighborsModel
     from digitserve.runtimes.svm import SvmModel
 
-    return {SvmModel.KIND: SvmModel}
+    return {SvmModel.KIND: SvmModel, NeighborsModel.KIND: NeighborsModel}
 
 
 ARRAY_RUNTIMES: dict[str, ArrayRuntimeType] = _array_runtimes()

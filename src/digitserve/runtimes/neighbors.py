@@ -339,13 +339,23 @@ def _digit_levels(values: NDArray[Any]) -> bool:
 
 
 def _digit_rows(features: NDArray[Any]) -> Rows:
-    """C-ordered float64 rows of integers 0..16, or ValueError: other values are not exact."""
+    """C-ordered float64 rows of ink levels 0..16, or ValueError.
+
+    Integer rows give exactly scikit-learn's distances. Rows with fractions (the Open Inference
+    Protocol may send them) are answered the same way, but their squared distances may round
+    otherwise than scikit-learn's BLAS rounds them, so a near tie may go the other way.
+    """
     features = np.asarray(features)
     if features.ndim != 2 or features.shape[1] != N_FEATURES:
         raise ValueError(f"features must be (n, {N_FEATURES}), not {features.shape}")
-    if not _digit_levels(features):
-        raise ValueError(f"features must be integers 0..{LEVELS}")
+    if features.size and (features.dtype.kind not in "iuf" or not _in_levels(features)):
+        raise ValueError(f"features must be ink levels 0..{LEVELS}")
     return np.ascontiguousarray(features, dtype=np.float64)
+
+
+def _in_levels(features: NDArray[Any]) -> bool:
+    """Whether every value is a finite number from 0 to 16."""
+    return bool(np.isfinite(features).all() and features.min() >= 0 and features.max() <= LEVELS)
 
 
 def _distance_weights(distances: Rows) -> Rows:
