@@ -23,6 +23,7 @@ FROM python:3.11.7-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/digitserve/bin:$PATH \
+    DIGITSERVE_ONNX_CACHE=/opt/digitserve-plans \
     DIGITSERVE_HOST=0.0.0.0 \
     DIGITSERVE_PORT=8000
 # The bundled model ships inside the package. To serve your own, mount a model repository
@@ -32,13 +33,12 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin
     && install -d -m 700 -o 10001 -g 10001 /opt/digitserve-plans
 COPY --from=build /opt/digitserve /opt/digitserve
 WORKDIR /app
-# Each model's runtime (docs/models.md) is chosen and checked once, here, as the user that serves:
-# the bundled models start in milliseconds. Plans for mounted models are made at start-up in /tmp.
-ENV DIGITSERVE_ONNX_CACHE=/opt/digitserve-plans
 
 # Nothing is written outside /tmp (the Prometheus files of several workers go there): run with a
 # read-only root filesystem and a tmpfs on /tmp.
 USER 10001:10001
+# Each model's runtime (docs/models.md) is chosen and checked once, here, as the user that serves,
+# so the bundled models start in milliseconds; plans for mounted models are made at start-up in /tmp.
 RUN ["digitserve", "compile"]
 # 8000: HTTP (REST, /v1 and /v2); 8081: gRPC, served when DIGITSERVE_GRPC_PORT=8081.
 EXPOSE 8000 8081
