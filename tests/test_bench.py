@@ -8,10 +8,12 @@ import json
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
+from digitserve.classifier import PredictionPath
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -65,7 +67,7 @@ def test_smoke_run_measures_every_server_with_correct_answers(tmp_path: Path) ->
     assert report["in_process_us"] == {key: min(before[key], after[key]) for key in before}
     assert report["in_process_us"]["jpeg-8px_pipeline_us"] > 0
     matrix = report["matrix"]
-    runtimes = {"scikit-learn", "libsvm", "kernel-table", "onnxruntime"}
+    runtimes = set(typing.get_args(PredictionPath))
     assert [row["model"] for row in matrix["models"]] == ["svc-classic", "logreg"]
     # The tutorial's 8x8 grid of the 8x8 JPEG is digitserve's: one label check serves both.
     assert matrix["flask_grid_equal"]
