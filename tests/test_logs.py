@@ -181,3 +181,50 @@ def test_logging_config_applies_and_silences_uvicorns_access_log() -> None:
     finally:
         for name, state in saved.items():
             logging.getLogger(name).__dict__.update(state)
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_an_access_line_written_directly_is_the_line_logging_writes(log_format: str) -> None:
+    from digitserve.logs import FIELDS_ATTRIBUTE, log_access
+
+    config = logging_config("info", log_format)  # type: ignore[arg-type]
+    config["handlers"]["default"]["stream"] = "ext://sys.stdout"
+    parent = logging.getLogger("digitserve")
+    saved = (parent.handlers[:], parent.level, parent.propagate)
+    logging.config.dictConfig(config)
+    stream = io.StringIO()
+    parent.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    access = logging.getLogger("digitserve.access")
+    fields = {"protocol": "http", "status": 200, "route": "/v1/models/{name}:predict"}
+    token = REQUEST_ID.set("req-7")
+    try:
+        log_access(access, logging.INFO, "%s %s %d %.1f ms", ("POST", "/v1", 200, 1.25), fields)
+        access.log(
+            logging.INFO,
+            "%s %s %d %.1f ms",
+            "POST",
+            "/v1",
+            200,
+            1.25,
+            extra={FIELDS_ATTRIBUTE: fields},
+        )
+        # A handler an embedding application adds is honoured: the line goes through logging.
+        extra = io.StringIO()
+        added = logging.StreamHandler(extra)
+        access.addHandler(added)
+        log_access(access, logging.INFO, "%s %s %d %.1f ms", ("GET", "/x", 404, 0.5), {})
+        access.removeHandler(added)
+    finally:
+        REQUEST_ID.reset(token)
+        parent.handlers[:], parent.level, parent.propagate = saved
+    direct, through_logging, third = stream.getvalue().splitlines()
+    assert extra.getvalue() == "GET /x 404 0.5 ms\n"
+    assert "404" in third
+    if log_format == "json":
+        ours, theirs = json.loads(direct), json.loads(through_logging)
+        assert ours.pop("time")[:19] == theirs.pop("time")[:19]  # the same second, at least
+        assert ours == theirs
+        assert ours["request_id"] == "req-7"
+        assert ours["message"] == "POST /v1 200 1.2 ms"
+    else:
+        assert direct.split(" ", 1)[1] == through_logging.split(" ", 1)[1]

@@ -35,9 +35,9 @@ from digitserve.errors import (
 )
 from digitserve.logs import (
     ACCESS_LOGGER,
-    FIELDS_ATTRIBUTE,
     REQUEST_ID,
     SAFE_REQUEST_ID,
+    log_access,
     new_request_id,
 )
 from digitserve.metrics import Metrics
@@ -435,11 +435,5 @@ class Traffic(grpc.aio.ServerInterceptor):
             "code": code,
             "client": context.peer(),
         }
-        access_logger.log(
-            level,
-            "gRPC %s %s %.1f ms",
-            method,
-            status_name,
-            seconds * 1000,
-            extra={FIELDS_ATTRIBUTE: fields},
-        )
+        args = (method, status_name, seconds * 1000)
+        log_access(access_logger, level, "gRPC %s %s %.1f ms", args, fields)

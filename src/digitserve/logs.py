@@ -5,6 +5,7 @@ access line, an error and its traceback can be joined. The access log itself (on
 is written by the traffic middleware on the `digitserve.access` logger; uvicorn's own is turned off.
 """
 
+import contextlib
 import functools
 import logging
 import os
@@ -86,6 +87,62 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def log_access(
+    logger: logging.Logger,
+    level: int,
+    message: str,
+    args: tuple[Any, ...],
+    fields: dict[str, Any],
+) -> None:
+    """Write one access line: straight to the JSON stream when that is all the logger has.
+
+    Through `logging`, a line cost ~20 µs of a ~200 µs request in the server: a `LogRecord`, its
+    handler dispatch and locks, for a line that is always the same shape. When the logger has just
+    one handler, a `StreamHandler` with the `JsonFormatter` and no filters (the configuration
+    `logging_config` makes), the very same line is written directly; any other configuration (text
+    lines, a handler added by an embedding application, filters) goes through `logging` as before.
+    """
+    handler = _json_stream(logger)
+    if handler is None:
+        logger.log(level, message, *args, extra={FIELDS_ATTRIBUTE: fields})
+        return
+    created = time.time()
+    document: dict[str, Any] = {
+        "time": _timestamp(created),
+        "level": logging.getLevelName(level).lower(),
+        "logger": logger.name,
+        "message": message % args,
+        "request_id": REQUEST_ID.get(),
+        "pid": os.getpid(),
+        **fields,
+    }
+    line = orjson.dumps(document, default=str).decode() + handler.terminator
+    with handler.lock or contextlib.nullcontext():
+        handler.stream.write(line)
+        handler.flush()
+
+
+def _json_stream(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
+    """The one plain JSON stream handler the logger's lines reach, or None if anything else.
+
+    Its lines go to the handlers of the first logger up its chain that has any (the `digitserve`
+    logger, for `digitserve.access`), which must not pass them further up.
+    """
+    current: logging.Logger | None = logger
+    while current is not None and not current.handlers:
+        if current.filters or not current.propagate:
+            return None
+        current = current.parent
+    if current is None or current.filters or current.propagate or len(current.handlers) != 1:
+        return None
+    [handler] = current.handlers
+    if type(handler) is not logging.StreamHandler or handler.filters:
+        return None
+    if type(handler.formatter) is not JsonFormatter or handler.level > logging.INFO:
+        return None
+    return handler
 
 
 def _timestamp(created: float) -> str:

@@ -24,7 +24,7 @@ from digitserve.errors import (
     RequestTimeout,
     problem,
 )
-from digitserve.logs import ACCESS_LOGGER, FIELDS_ATTRIBUTE
+from digitserve.logs import ACCESS_LOGGER, log_access
 from digitserve.metrics import UNMATCHED_ROUTE, Metrics
 from digitserve.settings import Settings
 
@@ -216,14 +216,12 @@ class TrafficMiddleware:
             "code": code,
             "client": _client(scope),
         }
-        access_logger.log(
+        log_access(
+            access_logger,
             level,
             "%s %s %d %.1f ms",
-            method,
-            scope["path"],
-            status,
-            seconds * 1000,
-            extra={FIELDS_ATTRIBUTE: fields},
+            (method, scope["path"], status, seconds * 1000),
+            fields,
         )
 
 
