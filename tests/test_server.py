@@ -4,6 +4,9 @@ import asyncio
 import gc
 import json
 import logging
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -63,6 +66,7 @@ def test_malloc_thresholds_are_fixed_before_serving(
             return 1
 
     monkeypatch.setattr("signal.signal", lambda *_: None)
+    monkeypatch.setattr(server, "one_blas_thread", lambda: None)  # it opens libraries too
     monkeypatch.setattr("ctypes.CDLL", lambda name: Libc())
     captured_options(monkeypatch, classifier)
     # Large blocks unmapped when freed, heaps trimmed past 2 MiB free: never raised as it runs.
@@ -331,3 +335,21 @@ def test_a_malformed_request_is_refused_in_the_envelope() -> None:
     assert json.loads(body)["code"] == "invalid_input"
     assert json.loads(body)["detail"] == "malformed HTTP request: invalid http request received"
     assert transport.closed
+
+
+def test_blas_runs_one_thread_per_worker() -> None:
+    code = (
+        "import numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from digitserve.server import one_blas_thread\n"
+        "one_blas_thread()\n"
+        "print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "2"},
+    )
+    assert result.stdout.strip() == "[1]"

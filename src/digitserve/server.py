@@ -302,6 +302,7 @@ def serve(settings: Settings, dataplane: DataPlane) -> None:
     signal.signal(signal.SIGTERM, _ignore)
     skip_unused_record_fields()
     fix_malloc_thresholds()
+    one_blas_thread()
     dataplane.admitted = admission.count
     app = create_app(settings, dataplane=dataplane, handle_sigterm=True)
     give_back_load_memory()
@@ -328,6 +329,17 @@ def fix_malloc_thresholds() -> None:
         return
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+
+
+def one_blas_thread() -> None:
+    """Let BLAS (numpy's matrix products) use one thread, as ONNX Runtime does.
+
+    A worker is the unit of parallelism (`--workers`); OpenBLAS's own threads, one per core by
+    default, only contend with the other workers for the same cores.
+    """
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def give_back_load_memory() -> None:
