@@ -190,16 +190,30 @@ def test_a_failing_request_fails_alone(classifier: Classifier, split: Split) -> 
     assert isinstance(error, ValueError)
 
 
-@pytest.mark.parametrize("change", [{"max_rows": 1}, {"batchable": False}])
-def test_batching_is_off_with_one_row_or_when_batches_answer_otherwise(
-    classifier: Classifier, split: Split, change: dict[str, Any]
-) -> None:
-    model = dataclasses.replace(classifier, batchable=change.get("batchable", classifier.batchable))
-    target = batcher(model, max_rows=change.get("max_rows", 64))
+def test_batching_is_off_with_one_row(classifier: Classifier, split: Split) -> None:
+    target = batcher(classifier, max_rows=1)
     assert not target.enabled
     requests = rows_of(split, 1, 1, 1)
     assert asyncio.run(gather(target, requests)) == [classifier.predict(r) for r in requests]
     assert model_calls(target) == [3, 3]
+
+
+def test_a_model_whose_batches_answer_otherwise_gets_a_call_per_request_made_together(
+    classifier: Classifier, split: Split
+) -> None:
+    calls: list[int] = []
+
+    def answer(rows: np.ndarray[Any, Any]) -> Any:
+        calls.append(len(rows))
+        return classifier.answer(rows)
+
+    model = dataclasses.replace(classifier, batchable=False, answer=answer)
+    target = batcher(model)
+    assert target.enabled  # the requests are gathered, as for any model...
+    requests = rows_of(split, 1, 3, 2)
+    assert asyncio.run(gather(target, requests)) == [classifier.predict(r) for r in requests]
+    assert calls == [1, 3, 2]  # ...but each is its own call: its answer is the one made alone
+    assert model_calls(target) == [3, 6]
 
 
 def test_a_runtime_is_batched_only_when_batches_answer_to_the_bit_as_rows_alone() -> None:

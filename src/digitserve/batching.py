@@ -18,7 +18,12 @@ to join (off by default: under load the queue fills without waiting). Batching a
 where the answers are known not to depend on the other rows of the call (`Classifier.batchable`):
 libsvm and the kernel table compute each row alone, in exact arithmetic where it matters; other
 runtimes are batched when `answers_alike_in_batches` found a batch's answers bit for bit the ones
-each row gets alone (ONNX Runtime's tree ensembles do; its matrix products may not).
+each row gets alone (ONNX Runtime's tree ensembles do; its matrix products may not). For any other
+model the requests are gathered all the same, and then given one call each, one after another:
+doing the same work back to back (every image read, then every model call, then every answer)
+keeps the processor's caches warm, and cost 207 µs of server CPU a request against 272 when each
+request ran its model between its own reading and answering (a logistic regression on ONNX
+Runtime, 64 connections, same-run A/B).
 """
 
 import asyncio
@@ -86,7 +91,8 @@ class MicroBatcher:
         self.min_requests = max(min_requests, 2)  # one request alone has no one to share with
         self.wait_seconds = wait_seconds
         self.admitted = admitted
-        self.enabled = max_rows > 1 and classifier.batchable
+        self.enabled = max_rows > 1
+        self.shares_calls = classifier.batchable
         self._queue: list[tuple[Rows, asyncio.Future[list[Prediction]]]] = []
         self._queued_rows = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -124,6 +130,12 @@ class MicroBatcher:
         self._queue = []
         self._queued_rows = 0
         if not queue:
+            return
+        if not self.shares_calls:
+            # A model whose answer for a row depends on the other rows of its call: each request
+            # still gets its own call, but the calls are made together, one after another.
+            for rows, future in queue:
+                _settle(future, functools.partial(self.call_model, rows))
             return
         try:
             predictions = self.call_model(

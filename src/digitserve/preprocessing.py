@@ -264,11 +264,14 @@ def _jpeg_header_plain(data: bytes) -> bool:
             end = len(data) if following < 0 else following
             junk, plain, position = junk + end - position, False, end
             continue
-        found = _NOT_FILL.search(data, position)
-        marker_at = len(data) if found is None else found.start()
-        fill += marker_at - position - 1
-        if found is None:
-            break
+        if position + 1 < len(data) and data[position + 1] != 0xFF:
+            marker_at = position + 1  # the usual case, a marker straight after its FF
+        else:
+            found = _NOT_FILL.search(data, position)
+            marker_at = len(data) if found is None else found.start()
+            fill += marker_at - position - 1
+            if found is None:
+                break
         marker, position = data[marker_at], marker_at + 1
         if marker == 0x00:  # an escaped FF: junk
             junk, plain = junk + 2, False
