@@ -70,6 +70,9 @@ class Classifier:
     batchable: bool = False
     """Whether a row's answer is the same, to the bit, alone or in a batch with other rows: only
     then may requests share model calls (`batching`)."""
+    model_format: ModelFormat = "pickle"
+    """The format of the file served (its framework, for the v2 metadata's `platform`), whatever
+    runtime answers for it."""
 
     @property
     def class_keys(self) -> tuple[str, ...]:
@@ -410,6 +413,7 @@ def load_classifier(
         # libsvm computes each row alone, the kernel table in exact arithmetic; scikit-learn's
         # public API may block a batch's floating-point work otherwise than a row's.
         batchable=path_taken in ("libsvm", "kernel-table"),
+        model_format=model_format,
     )
     try:
         classifier.predict(np.zeros((1, N_FEATURES), dtype=np.int64))

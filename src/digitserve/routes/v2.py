@@ -70,8 +70,12 @@ EXTENSIONS = ["binary_tensor_data", "classification"]
 
 
 def platform_of(classifier: Classifier) -> str:
-    """The framework behind a model, for the metadata's `platform` (as Triton names them)."""
-    return "onnxruntime_onnx" if classifier.path == "onnxruntime" else "scikit-learn"
+    """The framework of the model's file, for the metadata's `platform` (as Triton names them).
+
+    A scikit-learn file stays `scikit-learn` when ONNX Runtime or numpy answers for it: the
+    runtime is an implementation detail, reported as `runtime` in the metadata's parameters.
+    """
+    return "onnxruntime_onnx" if classifier.model_format == "onnx" else "scikit-learn"
 
 
 IMAGE, PIXELS = "image", "pixels"

@@ -148,6 +148,7 @@ def _from_plan(
         path=cast(PredictionPath, plan.runtime),
         card={**card, "runtime_check": plan.reason},
         batchable=plan.batchable,
+        model_format=model_format_of(path),
     )
     try:
         classifier.predict(np.zeros((1, N_FEATURES), dtype=np.int64))
@@ -190,4 +191,5 @@ def _load_onnx(
         path="onnxruntime",
         card=read_card(path, sha256),
         batchable=answers_alike_in_batches(model.answer, rows),
+        model_format="onnx",
     )
