@@ -174,3 +174,19 @@ def test_a_read_only_cache_is_read_and_new_plans_go_to_a_private_temporary_folde
     other.write_bytes(pickle.dumps(SVC(gamma=0.001).fit(split.x_train, split.y_train)))
     assert load_model(other, "svc", compile_onnx=True).path in ("svm", "kernel-table")
     assert len(list(cache.iterdir())) == 2  # the logistic plan and its ONNX file only
+
+
+def test_a_classifier_without_probabilities_is_exported_without_zipmap_options(
+    tmp_path: Path, split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.svm import LinearSVC
+
+    monkeypatch.setenv("DIGITSERVE_ONNX_CACHE", str(tmp_path / "cache"))
+    model = LinearSVC(max_iter=5000).fit(split.x_train, split.y_train)
+    path = tmp_path / "linear.pickle"
+    path.write_bytes(pickle.dumps(model))
+    served = load_model(path, "linear", compile_onnx=True)
+    assert served.path == "onnxruntime", served.card["runtime_check"]
+    assert served.score_kind == "decision_scores"
+    rows = split.x_test.astype(np.int64)
+    assert [p.label for p in served.predict(rows)] == model.predict(rows).tolist()

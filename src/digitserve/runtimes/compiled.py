@@ -212,14 +212,13 @@ def export(estimator: Any) -> bytes:
     from skl2onnx import to_onnx
 
     final = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+    rows = np.zeros((1, N_FEATURES), dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecations skl2onnx triggers reading attributes
-        graph = to_onnx(
-            estimator,
-            np.zeros((1, N_FEATURES), dtype=np.float32),
-            options={id(final): {"zipmap": False}},
-            target_opset=None,
-        )
+        try:
+            graph = to_onnx(estimator, rows, options={id(final): {"zipmap": False}})
+        except NameError:  # no ZipMap to turn off: a classifier without probabilities
+            graph = to_onnx(estimator, rows)
     data: bytes = graph.SerializeToString()
     return data
 
