@@ -164,21 +164,18 @@ def measure_levels(colour: FloatArray) -> Levels:
     step = 2 if min(colour.shape[1:]) >= 2 * STATISTICS_SIDE else 1
     sample = colour[:, ::step, ::step]
     luminance = colour[0] if channels == 1 else colour.sum(axis=0) / np.float32(channels)
-    ring = _border(luminance)
-    rings = [ring] if channels == 1 else [_border(plane) for plane in colour]
+    rings = _border(colour)  # (channels, ring): every plane's border at once
+    # Summed over the channels in the same order as `luminance`: its border, to the bit.
+    ring = rings[0] if channels == 1 else rings.sum(axis=0) / np.float32(channels)
     median = _quantile(ring, 0.5)
     uniform = UNIFORM_SHARE if min(luminance.shape) > TRAINING_SIDE else UNIFORM_SHARE_SMALL
     if np.count_nonzero(np.abs(ring - median) < UNIFORM_TONE) / ring.size >= uniform:
-        paper = (
-            [np.float32(median)]
-            if channels == 1
-            else [np.float32(_quantile(plane_ring, 0.5)) for plane_ring in rings]
-        )
+        paper = [np.float32(median)] if channels == 1 else _ring_quantiles(rings, 0.5)
         darker, lighter = _extremes(luminance[::step, ::step] - np.float32(median))
         inverted = lighter > -darker and lighter > MIN_CONTRAST
     else:
         # Ink crosses much of the border (a tight crop): take the lightest border as the paper.
-        paper = [np.float32(_quantile(plane_ring, 0.9)) for plane_ring in rings]
+        paper = _ring_quantiles(rings, 0.9)
         inverted = False
     # Light falls on ink and paper alike: on light paper, ink is read relative to the paper under
     # it (a ratio), so a shadowed corner is not ink. On a dark ground (near 0) the difference is.
@@ -254,9 +251,18 @@ def _partitioned(flat: FloatArray, kth: int | tuple[int, ...]) -> FloatArray:
     return ordered
 
 
-def _border(plane: FloatArray) -> FloatArray:
-    """The pixels of the outermost ring: mostly paper in any photo."""
-    return np.concatenate([plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]])
+def _border(planes: FloatArray) -> FloatArray:
+    """The pixels of the outermost ring of each plane (channels, height, width): mostly paper."""
+    return np.concatenate(
+        [planes[:, 0], planes[:, -1], planes[:, 1:-1, 0], planes[:, 1:-1, -1]], axis=1
+    )
+
+
+def _ring_quantiles(rings: FloatArray, share: float) -> list[np.float32]:
+    """Each channel's ring quantile (as `_quantile` takes it), in one partition for all."""
+    rank = min(int(share * rings.shape[1]), rings.shape[1] - 1)
+    ordered = np.partition(rings, rank, axis=1)
+    return [np.float32(value) for value in ordered[:, rank]]
 
 
 def _distance(
@@ -273,12 +279,20 @@ def _distance(
         if relative:
             absolute /= np.maximum(paper[0], np.float32(DARKEST_PAPER))
         return absolute
-    total = np.zeros(colour.shape[1:], dtype=np.float32)
-    for plane, level in zip(colour, paper, strict=True):
-        difference = plane - level
+    if all(np.ndim(level) == 0 for level in paper):  # one paper colour: every channel at once
+        levels = np.array(paper, dtype=np.float32)[:, np.newaxis, np.newaxis]
+        differences = colour - levels
         if relative:
-            difference /= np.maximum(level, np.float32(DARKEST_PAPER))
-        total += difference * difference
+            differences /= np.maximum(levels, np.float32(DARKEST_PAPER))
+        # Summed over the first axis: channel after channel, as the loop below adds them.
+        total: FloatArray = (differences * differences).sum(axis=0)
+    else:
+        total = np.zeros(colour.shape[1:], dtype=np.float32)
+        for plane, level in zip(colour, paper, strict=True):
+            difference = plane - level
+            if relative:
+                difference /= np.maximum(level, np.float32(DARKEST_PAPER))
+            total += difference * difference
     result: FloatArray = np.sqrt(total / np.float32(len(colour)))
     return result
 
