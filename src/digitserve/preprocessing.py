@@ -258,7 +258,7 @@ def _jpeg_header_plain(data: bytes) -> bool:
     thousand steps whatever the file holds.
     """
     position, segments, fill, junk, plain = 2, 0, 0, 0, True
-    while position < len(data) and max(fill, junk) <= MAX_JPEG_STRAY_BYTES:
+    while position < len(data) and fill <= MAX_JPEG_STRAY_BYTES and junk <= MAX_JPEG_STRAY_BYTES:
         if data[position] != 0xFF:  # junk where a marker belongs
             following = data.find(b"\xff", position)
             end = len(data) if following < 0 else following
@@ -277,7 +277,7 @@ def _jpeg_header_plain(data: bytes) -> bool:
             junk, plain = junk + 2, False
             continue
         segments += 1
-        if segments > MAX_JPEG_HEADER_SEGMENTS or max(fill, junk) > MAX_JPEG_STRAY_BYTES:
+        if segments > MAX_JPEG_HEADER_SEGMENTS or fill > MAX_JPEG_STRAY_BYTES:
             break
         if marker == _START_OF_SCAN:
             return plain
