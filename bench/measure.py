@@ -128,7 +128,6 @@ def measure(
     labels_ok = labels_ok and (
         server.name == "http-floor" or labels_of(server, body) == body.labels
     )
-    count = max(summary["requests"], 1)
     statuses = {str(k): v for k, v in summary["statuses"].items()}
     errors = (
         summary["connect_errors"]
@@ -137,8 +136,39 @@ def measure(
         + summary["timeouts"]
         + max(summary["status_errors"], sum(v for k, v in statuses.items() if k != "200"))
     )
+    return cell_result(
+        server,
+        server.name,
+        body,
+        concurrency,
+        summary,
+        used,
+        errors,
+        statuses,
+        labels_ok=labels_ok,
+        calls=(calls_before, calls_after),
+    )
+
+
+def cell_result(
+    server: Server,
+    name: str,
+    body: Body,
+    concurrency: int,
+    summary: dict[str, Any],
+    used: float,
+    errors: int,
+    statuses: dict[str, int],
+    *,
+    labels_ok: bool,
+    calls: tuple[tuple[int, int] | None, tuple[int, int] | None],
+) -> Result:
+    """A cell's result from a load generator's summary and the server's CPU time and calls."""
+    assert server.process is not None
+    before, after = calls
+    count = max(summary["requests"], 1)
     return Result(
-        server=server.name,
+        server=name,
         body=body.name,
         concurrency=concurrency,
         requests=summary["requests"],
@@ -152,8 +182,8 @@ def measure(
         rss_mb=rss_mb(server.process.pid),
         pss_mb=pss_mb(server.process.pid),
         labels_ok=labels_ok,
-        model_calls=None if calls_after is None else calls_after[0] - calls_before[0],
-        model_rows=None if calls_after is None else calls_after[1] - calls_before[1],
+        model_calls=None if after is None or before is None else after[0] - before[0],
+        model_rows=None if after is None or before is None else after[1] - before[1],
     )
 
 

@@ -42,6 +42,7 @@ from bench.measure import (
     MEMORY_WORKERS,
     SETTLE_SECONDS,
     Result,
+    cell_result,
     cpu_seconds,
     measure,
     merged,
@@ -57,8 +58,6 @@ from bench.servers import (
     Server,
     digitserve,
     on_server_core,
-    pss_mb,
-    rss_mb,
     servers,
     start,
     stop,
@@ -126,24 +125,17 @@ def measure_grpc(server: Server, body: Body, concurrency: int, seconds: float) -
     used = cpu_seconds(server.process.pid) - before
     calls_after = model_calls(server)
     labels_ok = labels_ok and grpc_labels_of(server, body) == body.labels
-    count = max(summary["requests"], 1)
-    return Result(
-        server=GRPC,
-        body=body.name,
-        concurrency=concurrency,
-        requests=summary["requests"],
-        seconds=summary["duration_us"] / 1e6,
-        rps=summary["requests"] / (summary["duration_us"] / 1e6),
-        p50_ms=summary["p50_us"] / 1000,
-        p99_ms=summary["p99_us"] / 1000,
-        cpu_us_per_request=used / count * 1e6,
-        errors=summary["status_errors"],
-        statuses=summary["statuses"],
-        rss_mb=rss_mb(server.process.pid),
-        pss_mb=pss_mb(server.process.pid),
+    return cell_result(
+        server,
+        GRPC,
+        body,
+        concurrency,
+        summary,
+        used,
+        summary["status_errors"],
+        summary["statuses"],
         labels_ok=labels_ok,
-        model_calls=None if calls_after is None else calls_after[0] - calls_before[0],
-        model_rows=None if calls_after is None else calls_after[1] - calls_before[1],
+        calls=(calls_before, calls_after),
     )
 
 

@@ -415,6 +415,11 @@ def load_classifier(
         batchable=path_taken in ("libsvm", "kernel-table"),
         model_format=model_format,
     )
+    return warmed_up(classifier, path)
+
+
+def warmed_up(classifier: Classifier, path: Path) -> Classifier:
+    """The classifier, once a first prediction went through (a model that fails it is refused)."""
     try:
         classifier.predict(np.zeros((1, N_FEATURES), dtype=np.int64))
     except Exception as exc:

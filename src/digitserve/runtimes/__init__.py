@@ -27,6 +27,7 @@ from digitserve.classifier import (
     model_format_of,
     read_card,
     read_pinned,
+    warmed_up,
 )
 from digitserve.errors import ModelLoadError
 from digitserve.preprocessing import LEVELS, N_FEATURES
@@ -150,11 +151,7 @@ def _from_plan(
         batchable=plan.batchable,
         model_format=model_format_of(path),
     )
-    try:
-        classifier.predict(np.zeros((1, N_FEATURES), dtype=np.int64))
-    except Exception as exc:
-        raise ModelLoadError(f"{path} failed a warm-up prediction: {exc}") from exc
-    return classifier
+    return warmed_up(classifier, path)
 
 
 def _load_onnx(
