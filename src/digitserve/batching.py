@@ -8,13 +8,14 @@ each request's rows join a queue and the first request schedules one model call 
 queue on the event loop's next turn, after every request already waiting to run has read its image.
 
 Sharing a call has a price too: a request that queues its rows suspends, and resumes once the
-call is made. On our 2-core VM (same-run A/B against batching off, paired rounds) sharing saved
-~160 µs a request at 32 connections and ~90 at 64 (22 rows a call), but nothing at 8 (3 rows a
-call; between 4 and 100 µs more in three runs), so a worker batches only while it holds at least
-`min_requests` requests (admitted and unanswered); below that each request is predicted at once,
-as is a request alone. Once every request in the worker has queued its rows, the call is made
-there and then. `batch_wait_ms` may hold the first request of a batch that much longer for others
-to join (off by default: under load the queue fills without waiting). Batching applies only
+call is made. It is smaller than what gathering saves, and not only in the model: the same work
+done back to back keeps the processor's caches warm (at 8 connections, gathering from 2 requests
+cost 225-256 µs of server CPU a request against 246-322 without, for three models; see
+docs/prediction.md), so a worker gathers requests whenever it holds at least `min_requests`
+(default 2, admitted and unanswered); a request alone is predicted at once. Once every request
+in the worker has queued its rows, the call is made there and then. `batch_wait_ms` may hold the
+first request of a batch that much longer for others to join (off by default: under load the
+queue fills without waiting). Batching applies only
 where the answers are known not to depend on the other rows of the call (`Classifier.batchable`):
 libsvm and the kernel table compute each row alone, in exact arithmetic where it matters; other
 runtimes are batched when `answers_alike_in_batches` found a batch's answers bit for bit the ones
