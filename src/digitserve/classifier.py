@@ -191,6 +191,41 @@ def _direct_svc(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor, Predi
 
 
 @dataclass(frozen=True, slots=True)
+class RbfTable:
+    """An RBF kernel for integer rows 0..16 against integer support vectors, from one table.
+
+    |x - sv|^2 is then an integer from 0 to 64 * 16^2, which float64 holds exactly however the
+    sum is ordered: |x|^2 + |sv|^2 - 2 x.sv from one matrix product is the very number libsvm's
+    loop gives, and exp(-gamma * that) is looked up in a table made with `math.exp`, the C
+    library's exp that libsvm calls. Used by `KernelTable` and the numpy SVC (`runtimes.svm`).
+    """
+
+    minus_twice_vectors_t: Rows
+    """-2 * the support vectors, transposed: one product gives -2 x.sv for every pair."""
+    squared_norms: Rows
+    exp_table: Rows
+    """exp(-gamma * s) for every possible squared distance s."""
+
+    @classmethod
+    def of(cls, vectors: Rows, gamma: float) -> "RbfTable":
+        """The table for these support vectors (integers 0..16) and this gamma."""
+        largest = N_FEATURES * LEVELS**2
+        return cls(
+            minus_twice_vectors_t=np.ascontiguousarray(-2.0 * vectors.T),
+            squared_norms=np.einsum("ij,ij->i", vectors, vectors),
+            exp_table=np.array([math.exp(-gamma * s) for s in range(largest + 1)]),
+        )
+
+    def kernel(self, rows: Rows) -> Rows:
+        """The (n, support vectors) kernel of integer rows 0..16."""
+        distances = rows @ self.minus_twice_vectors_t
+        distances += self.squared_norms
+        distances += (rows * rows).sum(axis=1, keepdims=True)
+        kernel: Rows = self.exp_table.take(distances.astype(np.intp))
+        return kernel
+
+
+@dataclass(frozen=True, slots=True)
 class KernelTable:
     """An RBF SVC's kernel for integer features 0..16, computed once per call from a table.
 
@@ -206,11 +241,7 @@ class KernelTable:
     (`load_classifier` checks that before using this).
     """
 
-    minus_twice_vectors_t: Rows
-    """-2 * the support vectors, transposed: one product gives -2 x.sv for every pair."""
-    squared_norms: Rows
-    exp_table: Rows
-    """exp(-gamma * s) for every possible squared distance s."""
+    table: RbfTable
     classes: NDArray[Any]
     model_arguments: tuple[Any, ...]
     """What libsvm's predict calls take after the kernel: the fitted model, read once."""
@@ -237,12 +268,8 @@ class KernelTable:
         vectors: Rows = np.ascontiguousarray(estimator.support_vectors_, dtype=np.float64)
         if vectors.ndim != 2 or vectors.shape[1] != N_FEATURES or not _digit_levels(vectors):
             return None
-        gamma = float(estimator._gamma)
-        largest = N_FEATURES * LEVELS**2
         return cls(
-            minus_twice_vectors_t=np.ascontiguousarray(-2.0 * vectors.T),
-            squared_norms=np.einsum("ij,ij->i", vectors, vectors),
-            exp_table=np.array([math.exp(-gamma * s) for s in range(largest + 1)]),
+            table=RbfTable.of(vectors, float(estimator._gamma)),
             classes=np.asarray(estimator.classes_),
             model_arguments=(
                 np.arange(len(vectors), dtype=np.int32),  # the kernel's columns, in order
@@ -270,11 +297,7 @@ class KernelTable:
 
     def kernel(self, rows: Rows) -> Rows:
         """The (n, support vectors) kernel of integer rows 0..16."""
-        distances = rows @ self.minus_twice_vectors_t
-        distances += self.squared_norms
-        distances += (rows * rows).sum(axis=1, keepdims=True)
-        kernel: Rows = self.exp_table.take(distances.astype(np.intp))
-        return kernel
+        return self.table.kernel(rows)
 
     def answer(self, features: NDArray[Any]) -> Answers:
         """Labels and probabilities from one kernel, or from the fallback outside the table."""

@@ -22,8 +22,16 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from digitserve.classifier import Answers, Rows, _decision_matrix, _digit_levels, ovr_scores
-from digitserve.preprocessing import LEVELS, N_FEATURES
+from digitserve.classifier import (
+    Answers,
+    RbfTable,
+    Rows,
+    _decision_matrix,
+    _digit_levels,
+    _one_vs_rest_plan,
+    ovr_scores,
+)
+from digitserve.preprocessing import N_FEATURES
 
 BLOCK_ROWS = 64
 """Rows computed at once: each takes (pairs x terms) floats, ~50 KB for ten classes."""
@@ -46,10 +54,8 @@ class SvmModel:
     classes: tuple[int | str, ...]
     shape: str
     """scikit-learn's `decision_function_shape`: "ovr" or "ovo"."""
-    exp_table: Rows
-    squared_norms: Rows
-    integer_vectors: bool
-    """Whether every support vector is integers 0..16, so that the table gives the kernel."""
+    table: RbfTable | None
+    """The kernel's table when every support vector is integers 0..16, else None."""
     terms_by_position: NDArray[np.intp]
     """`terms` transposed, (terms, pairs): the layout `decision_values` sums over."""
     coefficients_by_position: Rows
@@ -107,8 +113,6 @@ class SvmModel:
             raise ValueError("a term names a support vector that does not exist")
         if rho.shape != (pairs,):
             raise ValueError("rho must hold one value per pair of classes")
-        largest = N_FEATURES * LEVELS**2
-        table = np.array([math.exp(-gamma * s) for s in range(largest + 1)])
         return cls(
             vectors=vectors,
             gamma=gamma,
@@ -117,9 +121,7 @@ class SvmModel:
             rho=rho,
             classes=classes,
             shape=shape,
-            exp_table=table,
-            squared_norms=np.einsum("ij,ij->i", vectors, vectors),
-            integer_vectors=_digit_levels(vectors),
+            table=RbfTable.of(vectors, gamma) if _digit_levels(vectors) else None,
             terms_by_position=np.ascontiguousarray(terms.T),
             coefficients_by_position=np.ascontiguousarray(coefficients.T),
         )
@@ -169,12 +171,8 @@ class SvmModel:
 
     def kernel(self, rows: Rows) -> Rows:
         """The RBF kernel of each row with each support vector, as libsvm computes it."""
-        if self.integer_vectors and _digit_levels(rows):
-            distances = rows @ (-2.0 * self.vectors.T)
-            distances += self.squared_norms
-            distances += (rows * rows).sum(axis=1, keepdims=True)
-            kernel: Rows = self.exp_table.take(distances.astype(np.intp))
-            return kernel
+        if self.table is not None and _digit_levels(rows):
+            return self.table.kernel(rows)
         # Other numbers: libsvm's formula (squared differences added feature after feature, then
         # exp), a few rows at a time to bound the (rows, features, vectors) differences.
         blocks = []
@@ -182,7 +180,7 @@ class SvmModel:
             differences = rows[start : start + 4, :, np.newaxis] - self.vectors.T[np.newaxis]
             blocks.append((differences * differences).sum(axis=1))
         squared = np.concatenate(blocks)
-        kernel = np.vectorize(math.exp, otypes=[np.float64])(-self.gamma * squared)
+        kernel: Rows = np.vectorize(math.exp, otypes=[np.float64])(-self.gamma * squared)
         return kernel
 
     def decision_values(self, rows: Rows) -> Rows:
@@ -202,9 +200,7 @@ class SvmModel:
     def _labels(self, values: Rows) -> NDArray[Any]:
         """The labels by libsvm's vote: a pair's first class wins above 0; the first most votes."""
         n_classes = len(self.classes)
-        pairs = np.array(
-            [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)], dtype=np.intp
-        )
+        pairs = _one_vs_rest_plan(n_classes)[2]  # (pairs, 2): each pair's classes, libsvm's order
         winners = np.where(values > 0, pairs[:, 0], pairs[:, 1])
         votes = (winners[:, :, np.newaxis] == np.arange(n_classes)).sum(axis=1)
         labels: NDArray[Any] = np.asarray(self.classes).take(votes.argmax(axis=1))
