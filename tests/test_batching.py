@@ -10,9 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from digitserve.batching import MicroBatcher
+from digitserve import batching
+from digitserve.batching import ImageReadings, MicroBatcher
 from digitserve.classifier import Classifier, Prediction
+from digitserve.errors import BlankImage
 from digitserve.metrics import Metrics
+from digitserve.preprocessing import Preprocessed, read_digit, render_digit
 from digitserve.training import Split
 
 
@@ -232,3 +235,115 @@ def test_a_runtime_is_batched_only_when_batches_answer_to_the_bit_as_rows_alone(
 
     assert answers_alike_in_batches(per_row, rows)
     assert not answers_alike_in_batches(shifted_by_the_batch, rows)
+
+
+def readings(*, enabled: bool = True, admitted: int = sys.maxsize) -> ImageReadings:
+    """An image gatherer with its own metrics, told how many requests are in the worker."""
+    return ImageReadings(Metrics(), enabled=enabled, min_requests=2, admitted=lambda: admitted)
+
+
+def reading_calls(target: ImageReadings) -> list[float]:
+    """How many reading calls the gatherer made, and how many images in all: from its metrics."""
+    registry = target.metrics.registry
+    return [
+        registry.get_sample_value("digitserve_read_batch_size_count") or 0.0,
+        registry.get_sample_value("digitserve_read_batch_size_sum") or 0.0,
+    ]
+
+
+def drawn(split: Split, *indices: int) -> list[np.ndarray]:
+    """Held-out digits drawn as 8x8 RGB pixels, as an 8x8 JPEG decodes."""
+    rows = split.x_test.astype(np.int64)
+    return [np.asarray(render_digit(rows[index], 8).convert("RGB")) for index in indices]
+
+
+def same_readings(ours: Preprocessed, alone: Preprocessed) -> bool:
+    return ours.features.tobytes() == alone.features.tobytes() and ours.warnings == alone.warnings
+
+
+def test_concurrent_images_are_read_in_one_call_each_as_alone(split: Split) -> None:
+    images = drawn(split, 0, 1, 2, 3, 4)
+    target = readings()
+
+    async def together() -> list[Preprocessed]:
+        return list(await asyncio.gather(*(target.read(image) for image in images)))
+
+    for ours, image in zip(asyncio.run(together()), images, strict=True):
+        assert same_readings(ours, read_digit(image))
+    assert reading_calls(target) == [1, 5]
+
+
+def test_an_image_alone_in_the_worker_is_read_at_once(split: Split) -> None:
+    [image] = drawn(split, 0)
+    target = readings(admitted=1)
+    call: Coroutine[Any, Any, Preprocessed] = target.read(image)
+    with pytest.raises(StopIteration) as finished:
+        call.send(None)  # no loop turn: read on the first step
+    assert same_readings(finished.value.value, read_digit(image))
+    assert reading_calls(target) == [1, 1]
+
+
+def test_the_last_request_in_the_worker_to_queue_reads_every_image_at_once(split: Split) -> None:
+    images = drawn(split, 0, 1, 2)
+    target = readings(admitted=3)
+
+    async def three() -> tuple[bool, list[Preprocessed]]:
+        first = [asyncio.ensure_future(target.read(image)) for image in images[:2]]
+        await asyncio.sleep(0)  # both queued: they wait for the next turn or a third request
+        last = target.read(images[2])
+        with pytest.raises(StopIteration) as finished:
+            last.send(None)  # the third completes the worker: the call is made there and then
+        read_before_next_turn = reading_calls(target) == [1, 3]
+        return read_before_next_turn, [*(await asyncio.gather(*first)), finished.value.value]
+
+    read_at_once, answers = asyncio.run(three())
+    assert read_at_once
+    assert reading_calls(target) == [1, 3]
+    for ours, image in zip(answers, images, strict=True):
+        assert same_readings(ours, read_digit(image))
+
+
+def test_a_blank_image_fails_alone_among_images_read_together(split: Split) -> None:
+    good = drawn(split, 0, 1)
+    blank = np.full((8, 8, 3), 255, dtype=np.uint8)
+    target = readings()
+
+    async def crowd() -> list[object]:
+        reads = [target.read(good[0]), target.read(blank), target.read(good[1])]
+        return list(await asyncio.gather(*reads, return_exceptions=True))
+
+    first, error, second = asyncio.run(crowd())
+    assert isinstance(error, BlankImage)
+    assert isinstance(first, Preprocessed)
+    assert isinstance(second, Preprocessed)
+    assert same_readings(first, read_digit(good[0]))
+    assert same_readings(second, read_digit(good[1]))
+
+
+def test_a_fault_reading_together_reads_each_image_alone(
+    split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = drawn(split, 0, 1, 2)
+
+    def broken(_: object) -> list[object]:
+        raise RuntimeError("a fault in the reading together")
+
+    monkeypatch.setattr(batching, "read_digits", broken)
+    target = readings()
+
+    async def together() -> list[Preprocessed]:
+        return list(await asyncio.gather(*(target.read(image) for image in images)))
+
+    for ours, image in zip(asyncio.run(together()), images, strict=True):
+        assert same_readings(ours, read_digit(image))
+
+
+def test_reading_together_is_off_with_batching(split: Split) -> None:
+    images = drawn(split, 0, 1)
+    target = readings(enabled=False)
+
+    async def together() -> list[Preprocessed]:
+        return list(await asyncio.gather(*(target.read(image) for image in images)))
+
+    asyncio.run(together())
+    assert reading_calls(target) == [2, 2]

@@ -132,6 +132,9 @@ def test_concurrent_requests_share_model_calls_and_get_the_answers_made_alone(
         }
         assert samples["digitserve_batch_size_sum"] == 2 * len(bodies)
         assert samples["digitserve_batch_size_count"] < 2 * len(bodies)  # some call took several
+        # The 8x8 images were read together too (`ImageReadings`), each as alone (compared above).
+        assert samples["digitserve_read_batch_size_sum"] == 2 * len(bodies)
+        assert samples["digitserve_read_batch_size_count"] < 2 * len(bodies)
     finally:
         assert stop_server(server) == 0
 

@@ -130,6 +130,7 @@ def test_every_metric_follows_prometheus_naming(client: TestClient) -> None:
         "digitserve_errors",
         "digitserve_image_size_bytes",
         "digitserve_batch_size",
+        "digitserve_read_batch_size",
         "digitserve_model_info",
     }
     text = client.get("/metrics").text

@@ -9,8 +9,20 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from PIL import Image
 
+from digitserve import framing
 from digitserve.errors import DigitserveError
-from digitserve.preprocessing import LEVELS, N_FEATURES, image_to_features, to_features
+from digitserve.preprocessing import (
+    LEVELS,
+    N_FEATURES,
+    Preprocessed,
+    image_to_features,
+    luma,
+    read_digit,
+    read_digits,
+    reads_together,
+    render_digit,
+    to_features,
+)
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_PIXELS = 1_000_000
@@ -136,3 +148,119 @@ def test_every_mode_of_a_drawn_digit_reads_as_ink(mode: str) -> None:
     features = to_features(image)
     check_features(features)
     assert features.reshape(8, 8)[1:7, 3:5].min() >= 8
+
+
+@st.composite
+def digit_like_crowds(draw: st.DrawFn) -> list[NDArray[np.uint8]]:
+    """Small grey or RGB pixel arrays, several of one size, as concurrent uploads would be.
+
+    Each is a load_digits digit drawn at the crowd's size (dark or light ink, faint or bold,
+    framed or with margins, noisy), a flat page, or noise: every branch of reading an image.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().data.astype(np.int64)
+    height = draw(st.integers(8, 70))
+    width = draw(st.integers(8, 70))
+    colour = draw(st.booleans())
+    count = draw(st.integers(2, 12))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    crowd = []
+    for _ in range(count):
+        kind = draw(
+            st.sampled_from(["digit", "inverted", "faint", "margin", "noisy", "flat", "noise"])
+        )
+        grid = render_digit(digits[rng.integers(len(digits))], 8)
+        grey = np.asarray(grid.resize((width, height), Image.Resampling.BILINEAR)).astype(np.int64)
+        if kind == "inverted":
+            grey = 255 - grey
+        elif kind == "faint":
+            grey = 150 + grey // 4
+        elif kind == "margin":
+            small = np.asarray(grid.resize((max(4, width // 2), max(4, height // 2))))
+            grey = np.full((height, width), 255)
+            grey[: small.shape[0], : small.shape[1]] = small
+        elif kind == "noisy":
+            grey = grey + rng.integers(-40, 40, grey.shape)
+        elif kind == "flat":
+            grey = np.full((height, width), rng.integers(0, 256))
+        elif kind == "noise":
+            grey = rng.integers(0, 256, (height, width))
+        pixels = np.clip(grey, 0, 255).astype(np.uint8)
+        if colour:
+            tint = rng.integers(0, 60, 3)
+            pixels = np.clip(pixels[:, :, None].astype(np.int64) + tint, 0, 255).astype(np.uint8)
+        crowd.append(np.ascontiguousarray(pixels))
+    return crowd
+
+
+def same_reading(ours: object, alone: object) -> bool:
+    """Two readings (or errors) alike: the same features to the bit, warnings and framing."""
+    if isinstance(alone, Exception):
+        return type(ours) is type(alone) and str(ours) == str(alone)
+    assert isinstance(ours, Preprocessed)
+    assert isinstance(alone, Preprocessed)
+    return (
+        ours.features.dtype == alone.features.dtype
+        and ours.features.tobytes() == alone.features.tobytes()
+        and ours.warnings == alone.warnings
+        and ours.reframed == alone.reframed
+    )
+
+
+@PROPERTY
+@given(digit_like_crowds())
+def test_images_read_together_read_as_each_alone(crowd: list[NDArray[np.uint8]]) -> None:
+    alone: list[object] = []
+    for image in crowd:
+        try:
+            alone.append(read_digit(image))
+        except DigitserveError as exc:
+            alone.append(exc)
+    together = read_digits([*crowd, *crowd[:1]])  # the first twice: a crowd may repeat itself
+    assert len(together) == len(crowd) + 1
+    for ours, theirs in zip(together, [*alone, alone[0]], strict=True):
+        assert same_reading(ours, theirs)
+
+
+@PROPERTY
+@given(digit_like_crowds())
+def test_levels_measured_together_are_each_images_own_to_the_bit(
+    crowd: list[NDArray[np.uint8]],
+) -> None:
+    greys = [image if image.ndim == 2 else luma(image) for image in crowd]
+    if not framing.measures_together(greys[0].shape):
+        with pytest.raises(ValueError, match="one at a time"):
+            framing.measure_grey_levels(np.stack(greys).astype(np.float32) / np.float32(255.0))
+        return
+    together = framing.measure_grey_levels(np.stack(greys).astype(np.float32) / np.float32(255.0))
+    for grey, ours in zip(greys, together, strict=True):
+        alone = framing.measure_levels(framing.to_array(grey))
+        assert ours.ink.tobytes() == alone.ink.tobytes()
+        assert (ours.contrast, ours.inverted, ours.clean) == (
+            alone.contrast,
+            alone.inverted,
+            alone.clean,
+        )
+
+
+def test_images_of_other_sizes_and_pillow_images_are_read_alone_among_a_crowd() -> None:
+    rng = np.random.default_rng(5)
+    crowd: list[Image.Image | NDArray[np.uint8]] = [
+        rng.integers(0, 256, (12, 12), dtype=np.uint8),
+        np.asarray(render_digit(np.arange(64) % 17, 8)),
+        Image.fromarray(np.asarray(render_digit(np.arange(64) % 17, 8))),
+        np.asarray(render_digit(np.arange(64) % 17, 8).resize((200, 160))),  # reduced first
+        np.asarray(render_digit(np.arange(64) % 17, 8)),
+    ]
+    together = read_digits(crowd)
+    for image, ours in zip(crowd, together, strict=True):
+        try:
+            alone: object = read_digit(image)
+        except DigitserveError as exc:
+            alone = exc
+        assert same_reading(ours, alone)
+    assert reads_together(np.zeros((8, 8), np.uint8))
+    assert not reads_together(np.zeros((200, 160), np.uint8))  # reduced before it is measured
+    assert not reads_together(np.zeros((64, 64), np.uint8))  # statistics on every other pixel
+    assert not reads_together(np.zeros((8, 8, 4), np.uint8))

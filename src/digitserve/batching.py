@@ -37,7 +37,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from digitserve.classifier import Classifier, Prediction
+from digitserve.errors import DigitserveError
 from digitserve.metrics import Metrics
+from digitserve.preprocessing import Decoded, Preprocessed, read_digit, read_digits
 
 Rows = NDArray[Any]
 """(n, 64) feature rows of one request."""
@@ -165,7 +167,73 @@ class MicroBatcher:
         return predictions
 
 
-def _settle(future: asyncio.Future[list[Prediction]], work: Callable[[], list[Prediction]]) -> None:
+class ImageReadings:
+    """Gathers the small images of concurrent requests into one `read_digits` call.
+
+    As `MicroBatcher` gathers their rows: images read on the event loop (`INLINE_PIXELS`).
+    An 8x8 image costs some 40 µs to read alone, nearly all of it the overhead of a few dozen numpy
+    calls on a few dozen numbers; read together, sixteen cost about 10 µs each (the answers are
+    the same to the bit). A request alone in the worker reads its image at once; otherwise the
+    image joins the queue, read on the event loop's next turn (or at once when every request in
+    the worker is waiting here).
+    """
+
+    def __init__(
+        self, metrics: Metrics, *, enabled: bool, min_requests: int, admitted: Callable[[], int]
+    ) -> None:
+        self.metrics = metrics
+        self.enabled = enabled
+        self.min_requests = max(min_requests, 2)
+        self.admitted = admitted
+        self._queue: list[tuple[Decoded, asyncio.Future[Preprocessed]]] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    async def read(self, image: Decoded) -> Preprocessed:
+        """The reading of one decoded image, alone or with others'."""
+        if not self.enabled or (not self._queue and self.admitted() < self.min_requests):
+            started = time.perf_counter()
+            item = read_digit(image)
+            self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
+            self.metrics.read_batch_size.observe(1)
+            return item
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Preprocessed] = loop.create_future()
+        self._queue.append((image, future))
+        if len(self._queue) >= self.admitted():
+            self.flush()  # everyone is here: awaiting a done future does not suspend
+        elif self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self.flush)
+        return await future
+
+    def flush(self) -> None:
+        """Read every queued image whose request still waits, and hand out the readings."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        queue = [(image, future) for image, future in self._queue if not future.done()]
+        self._queue = []
+        if not queue:
+            return
+        started = time.perf_counter()
+        try:
+            readings = read_digits([image for image, _ in queue])
+        except Exception:  # a fault reading them together: each is read alone, failing alone
+            readings = None
+        each = (time.perf_counter() - started) / len(queue)
+        self.metrics.read_batch_size.observe(len(queue) if readings is not None else 1)
+        for position, (image, future) in enumerate(queue):
+            if readings is None:
+                _settle(future, functools.partial(read_digit, image))
+                continue
+            reading = readings[position]
+            if isinstance(reading, DigitserveError):
+                future.set_exception(reading)
+            else:
+                future.set_result(reading)
+            self.metrics.preprocess_seconds.observe(each)
+
+
+def _settle(future: asyncio.Future[Any], work: Callable[[], Any]) -> None:
     """Resolve a future with the result of `work`, or with the exception it raised."""
     try:
         future.set_result(work())

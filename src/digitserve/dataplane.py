@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from digitserve import offload
-from digitserve.batching import MicroBatcher
+from digitserve.batching import ImageReadings, MicroBatcher
 from digitserve.classifier import Classifier, Prediction
 from digitserve.errors import (
     DigitserveError,
@@ -98,6 +98,12 @@ class DataPlane:
         self.control_mode = ControlMode(settings.model_control_mode)
         self.default_name = settings.model_name
         self.limiter = anyio.CapacityLimiter(settings.preprocess_threads)
+        self.readings = ImageReadings(
+            metrics,
+            enabled=settings.batch_max_rows > 1,
+            min_requests=settings.batch_min_requests,
+            admitted=lambda: self.admitted(),  # the server's count, handed in once it exists
+        )
         if classifier is not None:
             given = classifier
             self.repository = ModelRepository[ServedModel](
@@ -255,6 +261,16 @@ class DataPlane:
         self.metrics.preprocess_seconds.observe(time.perf_counter() - decoded)
         return item
 
+    async def read_inline(self, image: OpenedImage) -> Preprocessed:
+        """Decode and read a small opened image on the event loop, with other requests' images.
+
+        For an image of at most `INLINE_PIXELS` pixels; see `ImageReadings`.
+        """
+        started = time.perf_counter()
+        pixels = load_pixels(image)
+        self.metrics.decode_seconds.observe(time.perf_counter() - started)
+        return await self.readings.read(pixels)
+
     def read_bytes(self, data: bytes) -> Preprocessed:
         """Open, decode and read one encoded image."""
         return self.read(self.open(data))
@@ -300,9 +316,13 @@ def each_item(
             results.append(work(item))
         except DigitserveError as exc:
             name = names[index] if names is not None else None
-            where = f"{noun} {index}" + (f" ({name})" if name else "")
-            raise type(exc)(f"{where}: {exc.detail}", headers=exc.headers, **exc.extra) from exc
+            raise named_error(exc, f"{noun} {index}" + (f" ({name})" if name else "")) from exc
     return results
+
+
+def named_error(error: DigitserveError, where: str) -> DigitserveError:
+    """The same error, its message saying which item it is about."""
+    return type(error)(f"{where}: {error.detail}", headers=error.headers, **error.extra)
 
 
 def pixel_rows(values: NDArray[Any], where: str) -> NDArray[Any]:

@@ -122,6 +122,13 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=registry,
         )
+        self.read_batch_size = Histogram(
+            "digitserve_read_batch_size",
+            "Images per reading call (levels, framing, features): small images of concurrent "
+            "requests, read on the event loop, are read together.",
+            buckets=_BATCH_BUCKETS,
+            registry=registry,
+        )
         self.model_info = Gauge(
             "digitserve_model_info",
             "The model being served (always 1; the labels carry the information).",

@@ -36,10 +36,9 @@ from digitserve.protos import grpc_predict_v2_pb2 as pb
 from digitserve.repository import State
 from digitserve.routes.v2 import (
     EXTENSIONS,
-    decodes_quickly,
     describe_model,
     output_tensors,
-    prepare,
+    prepare_soon,
     warning_codes,
 )
 from digitserve.schemas import MAX_PARAMETERS, MAX_TENSORS, InferenceRequestInput
@@ -146,9 +145,7 @@ class InferenceService:
         call = decode_request(
             request, max_elements=self.max_elements, message_bytes=self.max_message
         )
-        wanted, rows = await dataplane.off_loop(
-            lambda: prepare(call, dataplane), quick=decodes_quickly(call)
-        )
+        wanted, rows = await prepare_soon(call, dataplane)
         if notes is not None:
             notes.images = len(rows.features)
         predictions = await dataplane.predict(served, rows.features)

@@ -325,17 +325,21 @@ async def _predict(request: Request, served: ServedModel) -> Response:
     setattr(state, MODEL_KEY, (served.name, served.version))
     media_type, options = media_type_of(request.headers.get("content-type"))
     media_type = body_media_type(media_type, body)
-    decode: Callable[[], list[Preprocessed]]
+    items: list[Preprocessed]
     if media_type == RAW_IMAGE:
         # Opened once, here: the header's size says where to decode, and a bad header is
-        # answered at once.
+        # answered at once. A small image is read on the loop, with other requests' images.
         image = dataplane.open(body)
-        quick = image.width * image.height <= INLINE_PIXELS
-        decode = functools.partial(_read_all, [image], dataplane)
+        if image.width * image.height <= INLINE_PIXELS:
+            items = [await dataplane.read_inline(image)]
+        else:
+            items = await dataplane.off_loop(
+                functools.partial(_read_all, [image], dataplane), quick=False
+            )
     else:
         quick = decodes_quickly(media_type, body)
         decode = _request_decoder(media_type, options, body, dataplane)
-    items = await dataplane.off_loop(decode, quick=quick)
+        items = await dataplane.off_loop(decode, quick=quick)
     setattr(state, IMAGES_KEY, len(items))
     batch = np.array([item.features for item in items])  # np.stack costs 10 µs more
     predictions = await dataplane.predict(served, batch)

@@ -15,10 +15,17 @@ from numpy.typing import NDArray
 
 from digitserve import __version__
 from digitserve.classifier import Classifier, Prediction
-from digitserve.dataplane import DataPlane, ServedModel, decode_base64, each_item, pixel_rows
+from digitserve.dataplane import (
+    DataPlane,
+    ServedModel,
+    decode_base64,
+    each_item,
+    named_error,
+    pixel_rows,
+)
 from digitserve.dependencies import DataPlaneDep, get_dataplane, get_model
 from digitserve.diagnostics import Diagnostic
-from digitserve.errors import InvalidInput, ModelNotReady
+from digitserve.errors import DigitserveError, InvalidInput, ModelNotReady
 from digitserve.inference_protocol import (
     BYTES,
     NUMERIC_DTYPES,
@@ -269,9 +276,7 @@ async def _infer(request: Request, served: ServedModel) -> Response:
         call = parse_request(
             body, header_length(length, len(body)), raw_input=IMAGE, max_elements=max_elements
         )
-        wanted, rows = await dataplane.off_loop(
-            lambda: prepare(call, dataplane), quick=decodes_quickly(call)
-        )
+        wanted, rows = await prepare_soon(call, dataplane)
     else:
 
         def work() -> tuple[DecodedRequest, list[WantedOutput], Rows]:
@@ -329,6 +334,38 @@ class Rows:
 def prepare(call: DecodedRequest, dataplane: DataPlane) -> tuple[list[WantedOutput], Rows]:
     """The outputs a parsed request wants, and its feature rows for the model."""
     return _requested_outputs(call), _features(call.inputs, dataplane)
+
+
+async def prepare_soon(
+    call: DecodedRequest, dataplane: DataPlane
+) -> tuple[list[WantedOutput], Rows]:
+    """`prepare`, on the event loop when it is quick, off it when not (`decodes_quickly`).
+
+    A request of one small image has it read with other requests' (`DataPlane.read_inline`);
+    its errors are the ones `prepare` gives, named alike.
+    """
+    quick = decodes_quickly(call)
+    image = _lone_image(call) if quick else None
+    if image is None:
+        return await dataplane.off_loop(lambda: prepare(call, dataplane), quick=quick)
+    wanted = _requested_outputs(call)
+    try:
+        opened = dataplane.open(_image_bytes(image))
+        item = await dataplane.read_inline(opened)
+    except DigitserveError as exc:
+        raise named_error(exc, f"input {IMAGE!r} element 0") from exc
+    return wanted, Rows(item.features[np.newaxis], [item.warnings])
+
+
+def _lone_image(call: DecodedRequest) -> bytes | str | None:
+    """The one encoded image of a request whose only input is an `image` tensor of one, if so."""
+    if len(call.inputs) != 1:
+        return None
+    [tensor] = call.inputs
+    if tensor.name != IMAGE or tensor.datatype != BYTES or tensor.data.shape != (1,):
+        return None
+    element = tensor.data[0]
+    return element if isinstance(element, bytes | str) else None
 
 
 def respond(

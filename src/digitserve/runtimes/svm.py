@@ -28,8 +28,8 @@ from digitserve.classifier import (
     Rows,
     _decision_matrix,
     _digit_levels,
-    _one_vs_rest_plan,
     ovr_scores,
+    pair_votes,
 )
 from digitserve.preprocessing import N_FEATURES
 
@@ -202,10 +202,8 @@ class SvmModel:
 
     def _labels(self, values: Rows) -> NDArray[Any]:
         """The labels by libsvm's vote: a pair's first class wins above 0; the first most votes."""
-        n_classes = len(self.classes)
-        pairs = _one_vs_rest_plan(n_classes)[2]  # (pairs, 2): each pair's classes, libsvm's order
-        winners = np.where(values > 0, pairs[:, 0], pairs[:, 1])
-        votes = (winners[:, :, np.newaxis] == np.arange(n_classes)).sum(axis=1)
+        # libsvm's vote: a pair's first class wins above 0, the second otherwise (NaN included).
+        votes = pair_votes(~(values > 0), len(self.classes))
         labels: NDArray[Any] = np.asarray(self.classes).take(votes.argmax(axis=1))
         return labels
 
