@@ -23,6 +23,7 @@ from digitserve.classifier import (
     KernelTable,
     load_classifier,
     ovr_scores,
+    pair_votes,
 )
 from digitserve.errors import ModelLoadError
 from digitserve.training import Split
@@ -68,11 +69,26 @@ def test_svc_without_probabilities_takes_the_kernel_table_too(
 
 def test_ovr_scores_match_scikit_learn_to_the_bit() -> None:
     rng = np.random.default_rng(0)
-    for n_classes in (3, 4, 10):
+    for n_classes in (3, 4, 10, 17, 26):
         pairs = rng.normal(size=(50, n_classes * (n_classes - 1) // 2))
+        pairs *= 10.0 ** rng.integers(-8, 8, size=pairs.shape)  # sums that round
         pairs[0, :] = 0.0  # ties and zeros
+        pairs[1, ::2] = -0.0
         expected = _ovr_decision_function(pairs < 0, -pairs, n_classes)
-        assert np.array_equal(ovr_scores(pairs, n_classes), expected)
+        assert ovr_scores(pairs, n_classes).tobytes() == expected.tobytes()
+        assert ovr_scores(pairs[3:4], n_classes).tobytes() == expected[3:4].tobytes()
+
+
+def test_pair_votes_count_each_pairs_winner() -> None:
+    rng = np.random.default_rng(1)
+    for n_classes in (2, 3, 10):
+        pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
+        second_wins = rng.random((20, len(pairs))) < 0.5
+        expected = np.zeros((20, n_classes))
+        for row in range(20):
+            for pair, (first, second) in enumerate(pairs):
+                expected[row, second if second_wins[row, pair] else first] += 1
+        assert np.array_equal(pair_votes(second_wins, n_classes), expected)
 
 
 def test_kernel_is_exp_of_the_exact_squared_distance(classifier: Classifier) -> None:

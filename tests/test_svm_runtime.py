@@ -136,3 +136,13 @@ def test_each_row_alone_equals_libsvm(split: Split, classes: int) -> None:
     rows = check_rows()[::7]
     alone = np.vstack([model.decision_values(row[np.newaxis]) for row in rows])
     assert np.array_equal(alone, estimator._dense_decision_function(rows).reshape(len(rows), -1))
+
+
+def test_a_pair_at_zero_votes_for_its_second_class_as_libsvm(split: Split) -> None:
+    model = SvmModel.from_estimator(SVC(gamma=0.001).fit(split.x_train, split.y_train))
+    assert model is not None
+    values = np.zeros((3, 45))
+    values[1] = np.nan  # not above 0 either
+    values[2, :9] = 1.0  # class 0 wins its nine pairs; every other pair goes to its second
+    # With every pair to its second class, the last class has the most votes (9).
+    assert model._labels(values).tolist() == [9, 9, 0]
