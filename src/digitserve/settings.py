@@ -81,11 +81,13 @@ class Settings(BaseSettings):
     """`json` (an object per line), `text`, or `auto`: text when stderr is a terminal, else JSON."""
 
     batch_max_rows: int = Field(64, ge=1, le=4096)
-    """Most feature rows in one model call made for concurrent requests; 1 turns batching off."""
+    """Most feature rows in one model call made for concurrent requests; 1 turns batching off
+    (and the reading of small images together, `batching.ImageReadings`)."""
 
     batch_min_requests: int = Field(2, ge=1, le=100_000)
     """Fewest requests in the worker (admitted, unanswered) for them to be gathered into model
-    calls; with fewer, each is predicted alone at once."""
+    calls, and their small images into one reading; with fewer, each is read and predicted alone
+    at once."""
 
     batch_wait_ms: float = Field(0.0, ge=0, le=1000)
     """How long the first request of a batch waits for others; 0: only those already in hand."""
