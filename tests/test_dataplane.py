@@ -1,11 +1,18 @@
 """The data plane's shared readers: base64 images, one rule for every protocol."""
 
 import base64
+import io
 
+import numpy as np
 import pytest
 
-from digitserve.dataplane import decode_base64, pixel_list
-from digitserve.errors import InvalidInput
+from digitserve.classifier import Classifier
+from digitserve.dataplane import DataPlane, decode_base64, pixel_list
+from digitserve.errors import BlankImage, InvalidImage, InvalidInput
+from digitserve.metrics import Metrics
+from digitserve.preprocessing import render_digit
+from digitserve.settings import Settings
+from digitserve.training import Split
 
 DATA = bytes(range(256)) * 3
 """Bytes long enough to wrap over several lines."""
@@ -74,3 +81,53 @@ def test_pixels_flat_and_grid() -> None:
 def test_bad_pixels_are_invalid(bad: object) -> None:
     with pytest.raises(InvalidInput):
         pixel_list(bad, "pixels")
+
+
+def plane(settings: Settings, classifier: Classifier) -> DataPlane:
+    """A data plane serving the bundled model, as a worker holds it."""
+    return DataPlane(settings, Metrics(), admitted=lambda: 1, classifier=classifier)
+
+
+def jpeg(features: np.ndarray, side: int) -> bytes:
+    buffer = io.BytesIO()
+    render_digit(features, side).convert("RGB").save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+BLANK = jpeg(np.zeros(64, dtype=np.int64), 8)
+
+
+def test_a_requests_images_read_together_read_as_each_alone(
+    settings: Settings, classifier: Classifier, split: Split
+) -> None:
+    rows = split.x_test[:6].astype(np.int64)
+    images = [jpeg(rows[0], 8), jpeg(rows[1], 8), jpeg(rows[2], 256), jpeg(rows[3], 8)]
+    images += [jpeg(rows[4], 28), jpeg(rows[5], 28)]
+    target = plane(settings, classifier)
+    together = target.read_each(images, lambda data: data)
+    for ours, data in zip(together, images, strict=True):
+        alone = target.read_bytes(data)
+        assert ours.features.tobytes() == alone.features.tobytes()
+        assert (ours.warnings, ours.reframed) == (alone.warnings, alone.reframed)
+    registry = target.metrics.registry
+    # The four 8x8 and two 28x28 images in one reading; the 256 px one alone.
+    assert registry.get_sample_value("digitserve_read_batch_size_count") == 1
+    assert registry.get_sample_value("digitserve_read_batch_size_sum") == 5
+
+
+def test_the_first_image_to_fail_is_named_whatever_is_read_together(
+    settings: Settings, classifier: Classifier, split: Split
+) -> None:
+    good = jpeg(split.x_test[0].astype(np.int64), 8)
+    target = plane(settings, classifier)
+    # A blank 8x8 image (found when the small ones are read, at the end) before a corrupt one
+    # (found when decoded): the blank one is named, as reading them one by one would.
+    with pytest.raises(BlankImage, match=r"^image 1 \(blank.jpg\): "):
+        target.read_each(
+            [good, BLANK, good, b"\xff\xd8\xff\xe0 not a jpeg"],
+            lambda data: data,
+            [None, "blank.jpg", None, "broken.jpg"],
+            noun="image",
+        )
+    with pytest.raises(InvalidImage, match=r"^image 2: "):
+        target.read_each([good, good, b"\xff\xd8\xff\xe0 not a jpeg", BLANK], bytes, noun="image")

@@ -40,10 +40,13 @@ from digitserve.preprocessing import (
     LEVELS,
     N_FEATURES,
     OpenedImage,
+    Pixels,
     Preprocessed,
     load_pixels,
     open_image,
     read_digit,
+    read_digits,
+    reads_together,
 )
 from digitserve.repository import ModelConfig, ModelRepository, State, VersionStatus
 from digitserve.settings import Settings, env_name
@@ -270,6 +273,60 @@ class DataPlane:
         pixels = load_pixels(image)
         self.metrics.decode_seconds.observe(time.perf_counter() - started)
         return await self.readings.read(pixels)
+
+    def read_each(
+        self,
+        items: Sequence[Item],
+        image_of: Callable[[Item], bytes],
+        names: Sequence[str | None] | None = None,
+        *,
+        noun: str = "item",
+    ) -> list[Preprocessed]:
+        """`read_bytes` of each item's image, in order, naming a failing one as `each_item` does.
+
+        The small images of the request (`reads_together`) are read together at the end
+        (`read_digits`, each as alone); any other is read as soon as it is decoded, so a request
+        never holds more than one large decoded image. The error is the one reading them one by
+        one would raise: the first item's to fail, and nothing after it is decoded.
+        """
+        readings: list[Preprocessed | DigitserveError | None] = []
+        small: list[tuple[int, Pixels]] = []
+        stopped: tuple[int, DigitserveError] | None = None
+        for index, item in enumerate(items):
+            try:
+                started = time.perf_counter()
+                pixels = load_pixels(self.open(image_of(item)))
+                self.metrics.decode_seconds.observe(time.perf_counter() - started)
+                if isinstance(pixels, np.ndarray) and reads_together(pixels):
+                    small.append((index, pixels))
+                    readings.append(None)
+                else:
+                    started = time.perf_counter()
+                    readings.append(read_digit(pixels))
+                    self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
+            except DigitserveError as exc:
+                stopped = (index, exc)
+                break
+        if small:
+            started = time.perf_counter()
+            together = read_digits([pixels for _, pixels in small])
+            each = (time.perf_counter() - started) / len(small)
+            self.metrics.read_batch_size.observe(len(small))
+            for (index, _), reading in zip(small, together, strict=True):
+                readings[index] = reading
+                self.metrics.preprocess_seconds.observe(each)
+        failures = [
+            (index, reading)
+            for index, reading in enumerate(readings)
+            if isinstance(reading, DigitserveError)
+        ]
+        if stopped is not None:
+            failures.append(stopped)
+        if failures:
+            index, error = failures[0]
+            name = names[index] if names is not None else None
+            raise named_error(error, f"{noun} {index}" + (f" ({name})" if name else "")) from error
+        return [reading for reading in readings if isinstance(reading, Preprocessed)]
 
     def read_bytes(self, data: bytes) -> Preprocessed:
         """Open, decode and read one encoded image."""

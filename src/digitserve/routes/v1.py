@@ -475,11 +475,7 @@ def _multipart_features(
         )
     if not parts:
         raise InvalidInput(f"the form has no {MULTIPART_FIELD!r} file part")
-    return each_item(
-        [bytes(part.data) for part in parts],
-        dataplane.read_bytes,
-        [part.filename for part in parts],
-    )
+    return dataplane.read_each(parts, lambda part: bytes(part.data), [p.filename for p in parts])
 
 
 def _json_features(body: bytes, limit: int, dataplane: DataPlane) -> list[Preprocessed]:
@@ -500,6 +496,8 @@ def _json_features(body: bytes, limit: int, dataplane: DataPlane) -> list[Prepro
             f"{env_name('max_images_per_request')}",
             limit=limit,
         )
+    if all(isinstance(instance, dict) for instance in instances):  # images: read together
+        return dataplane.read_each(instances, _instance_image)
     return each_item(instances, functools.partial(_instance_features, dataplane=dataplane))
 
 
@@ -521,12 +519,19 @@ def _check_value_count(body: bytes, limit: int) -> None:
         )
 
 
+def _instance_image(instance: object) -> bytes:
+    """The image of a JSON instance {"b64": image}."""
+    if not isinstance(instance, dict) or set(instance) != {"b64"}:
+        raise InvalidInput(f"an image instance must be {B64_FORM}")
+    if not isinstance(instance["b64"], str):
+        raise InvalidInput(f"an image instance must be {B64_FORM}")
+    return decode_base64(instance["b64"], "b64")
+
+
 def _instance_features(instance: object, dataplane: DataPlane) -> Preprocessed:
     """One JSON instance: {"b64": image} or ready-made pixels (which carry no image warnings)."""
     if isinstance(instance, dict):
-        if set(instance) != {"b64"} or not isinstance(instance["b64"], str):
-            raise InvalidInput(f"an image instance must be {B64_FORM}")
-        return dataplane.read_bytes(decode_base64(instance["b64"], "b64"))
+        return dataplane.read_bytes(_instance_image(instance))
     if isinstance(instance, str):
         # A string is no instance of its own: TF Serving reads a bare string as text, never as
         # an image, so the one image form is the explicit object.

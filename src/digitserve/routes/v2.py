@@ -19,7 +19,6 @@ from digitserve.dataplane import (
     DataPlane,
     ServedModel,
     decode_base64,
-    each_item,
     named_error,
     pixel_rows,
 )
@@ -466,11 +465,7 @@ def _image_features(tensor: Tensor, dataplane: DataPlane) -> Rows:
         )
     elements = tensor.data.tolist()
     dataplane.check_count(tensor.data.shape, where)
-    items = each_item(
-        elements,
-        lambda element: dataplane.read_bytes(_image_bytes(element)),
-        noun=f"{where} element",
-    )
+    items = dataplane.read_each(elements, _image_bytes, noun=f"{where} element")
     return Rows(np.stack([item.features for item in items]), [item.warnings for item in items])
 
 
