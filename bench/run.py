@@ -64,7 +64,7 @@ from bench.servers import (
     wait_until_idle,
 )
 from digitserve.classifier import load_classifier
-from digitserve.preprocessing import image_to_features
+from digitserve.preprocessing import image_to_features, load_pixels, open_image
 
 GRPC = "digitserve-grpc"
 """The name of digitserve's gRPC cells in the results."""
@@ -183,6 +183,15 @@ def _in_process(bodies: dict[str, Body]) -> dict[str, float]:
     timings["jpeg-12mp_full_decode_us"] = (
         min(timeit.repeat(full_decode, number=3, repeat=3)) / 3 * 1e6
     )
+
+    def scaled_decode() -> None:
+        load_pixels(open_image(bodies["jpeg-12mp"].data, max_pixels=40_000_000))
+
+    # The floor under the pipeline: libjpeg-turbo's decode at the reduced DCT scale still
+    # entropy-decodes every coefficient of the file.
+    timings["jpeg-12mp_scaled_decode_us"] = (
+        min(timeit.repeat(scaled_decode, number=3, repeat=3)) / 3 * 1e6
+    )
     return timings
 
 
@@ -280,7 +289,8 @@ def body_targets(report: dict[str, Any]) -> list[str]:
             )
     lines.append(
         f"12 MP JPEG: pipeline {timings['jpeg-12mp_pipeline_us'] / timings['jpeg-12mp_full_decode_us']:.3f} "
-        f"of a full-resolution decode (target <= 0.35)"
+        f"of a full-resolution decode (target <= 0.35); the decode alone at the reduced DCT scale, "
+        f"its floor, {timings['jpeg-12mp_scaled_decode_us'] / timings['jpeg-12mp_full_decode_us']:.3f}"
     )
     for r in report["results"]:
         if r.get("overload"):

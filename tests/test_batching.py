@@ -347,3 +347,14 @@ def test_reading_together_is_off_with_batching(split: Split) -> None:
 
     asyncio.run(together())
     assert reading_calls(target) == [2, 2]
+
+
+def test_an_image_read_alone_anyway_is_read_at_once_in_a_busy_worker(split: Split) -> None:
+    rows = split.x_test.astype(np.int64)
+    large = np.asarray(render_digit(rows[0], 200).convert("RGB"))  # reduced, then read alone
+    target = readings()  # many requests in the worker
+    call: Coroutine[Any, Any, Preprocessed] = target.read(large)
+    with pytest.raises(StopIteration) as finished:
+        call.send(None)  # not queued: the queue holds only images read together
+    assert same_readings(finished.value.value, read_digit(large))
+    assert reading_calls(target) == [1, 1]

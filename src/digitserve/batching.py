@@ -39,7 +39,13 @@ from numpy.typing import NDArray
 from digitserve.classifier import Classifier, Prediction
 from digitserve.errors import DigitserveError
 from digitserve.metrics import Metrics
-from digitserve.preprocessing import Decoded, Preprocessed, read_digit, read_digits
+from digitserve.preprocessing import (
+    Decoded,
+    Preprocessed,
+    read_digit,
+    read_digits,
+    reads_together,
+)
 
 Rows = NDArray[Any]
 """(n, 64) feature rows of one request."""
@@ -173,9 +179,11 @@ class ImageReadings:
     As `MicroBatcher` gathers their rows: images read on the event loop (`INLINE_PIXELS`).
     An 8x8 image costs some 40 µs to read alone, nearly all of it the overhead of a few dozen numpy
     calls on a few dozen numbers; read together, sixteen cost about 10 µs each (the answers are
-    the same to the bit). A request alone in the worker reads its image at once; otherwise the
-    image joins the queue, read on the event loop's next turn (or at once when every request in
-    the worker is waiting here).
+    the same to the bit). A request alone in the worker reads its image at once, and so does one
+    whose image `read_digits` would read alone anyway (`reads_together`); otherwise the image joins
+    the queue, read on the event loop's next turn (or at once when every request in the worker is
+    waiting here). The queue holds small images only, so reading it is a short stretch of the
+    loop (64 8x8 images: well under a millisecond).
     """
 
     def __init__(
@@ -190,7 +198,13 @@ class ImageReadings:
 
     async def read(self, image: Decoded) -> Preprocessed:
         """The reading of one decoded image, alone or with others'."""
-        if not self.enabled or (not self._queue and self.admitted() < self.min_requests):
+        if (
+            not self.enabled
+            or not (isinstance(image, np.ndarray) and reads_together(image))
+            or (not self._queue and self.admitted() < self.min_requests)
+        ):
+            # Alone, or an image that is read alone anyway: read in this request's own step, so
+            # that a queue's reading stays a short stretch of the event loop.
             started = time.perf_counter()
             item = read_digit(image)
             self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
