@@ -14,7 +14,7 @@ import pytest
 
 from digitserve.cli import Progress, _parser, main
 from digitserve.settings import Settings, env_name
-from tests.conftest import DATA_DIR, MODEL_PATH
+from tests.conftest import DATA_DIR, MODEL_PATH, ROOT
 
 
 def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -322,3 +322,16 @@ def test_compile_chooses_and_caches_each_runtime_ahead_of_serving(
         "digits 1",
         "digits-robust 1",
     ]
+
+
+def test_listing_a_folder_of_images_does_not_import_scikit_learn(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    code = (
+        "import sys; from digitserve.cli import _sources; "
+        f"print(len(_sources([{str(tmp_path)!r}], recursive=False)), "
+        "any(m.startswith(('sklearn', 'scipy')) for m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.split() == ["1", "False"]

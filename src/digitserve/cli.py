@@ -402,7 +402,7 @@ def _sources(names: Sequence[str], recursive: bool) -> list[Source]:
                 )
             )
         elif path.is_dir():
-            from digitserve.evaluation import IMAGE_SUFFIXES
+            from digitserve.preprocessing import IMAGE_SUFFIXES
 
             found = sorted(
                 child

@@ -23,12 +23,16 @@ from PIL import Image, ImageDraw, ImageFont
 from digitserve.diagnostics import confidence_warnings
 from digitserve.errors import DigitserveError
 from digitserve.evalset import MANIFEST
-from digitserve.preprocessing import decode_image, plain_features, sniff_media_type
+from digitserve.preprocessing import (
+    IMAGE_SUFFIXES,
+    decode_image,
+    plain_features,
+    sniff_media_type,
+)
 
 if TYPE_CHECKING:
     from digitserve.dataplane import DataPlane, ServedModel
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CLASSES = tuple(range(10))
 REFUSED = "x"
 """The confusion matrix column for images the service refused (4xx), such as blank ones."""

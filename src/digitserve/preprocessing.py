@@ -41,6 +41,9 @@ N_FEATURES = GRID * GRID
 """The model's input width: the grid read row by row."""
 
 ACCEPTED_MEDIA_TYPES = ("image/jpeg", "image/png")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+"""The file names of those formats, for commands that read a folder of images."""
 """JPEG is the product's format; PNG is what web canvases produce."""
 
 DRAFT_SIDE = 64
