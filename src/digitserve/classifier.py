@@ -415,18 +415,20 @@ def load_classifier(
     expected_sha256: str | None = None,
     trusted_types: Sequence[str] = (),
     version: str | None = None,
+    pinned: tuple[bytes, str] | None = None,
 ) -> Classifier:
     """Load the operator's model file, check it can serve 64-feature digits, and warm it up.
 
     The file is read once; its hash is checked against `expected_sha256` before anything in it is
     deserialised, and the same bytes are then loaded as its suffix says (`MODEL_FORMATS`): a pickle
     or joblib file, or a `.skops` file, which may hold only skops' safe types plus `trusted_types`.
+    `pinned` is the file's bytes and sha256 when the caller has already read them (`read_pinned`).
     Every reason to refuse becomes one `ModelLoadError` with a message an operator can act on.
     """
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     model_format = model_format_of(path)  # an unknown suffix is refused before reading
-    data, sha256 = read_pinned(path, expected_sha256)
+    data, sha256 = pinned if pinned is not None else read_pinned(path, expected_sha256)
     if model_format == "skops":
         estimator = _load_skops(path, data, trusted_types)
     else:

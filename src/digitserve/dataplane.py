@@ -39,6 +39,7 @@ from digitserve.preprocessing import (
     GRID,
     LEVELS,
     N_FEATURES,
+    Decoded,
     OpenedImage,
     Pixels,
     Preprocessed,
@@ -256,12 +257,20 @@ class DataPlane:
 
     def read(self, image: OpenedImage) -> Preprocessed:
         """Decode and read an opened image, recording the decode and preprocess times."""
+        return self._read_alone(self._decode(image))
+
+    def _decode(self, image: OpenedImage) -> Decoded:
+        """An opened image's pixels, the decode time recorded."""
         started = time.perf_counter()
         pixels = load_pixels(image)
-        decoded = time.perf_counter()
+        self.metrics.decode_seconds.observe(time.perf_counter() - started)
+        return pixels
+
+    def _read_alone(self, pixels: Decoded) -> Preprocessed:
+        """`read_digit`, the preprocess time recorded."""
+        started = time.perf_counter()
         item = read_digit(pixels)
-        self.metrics.decode_seconds.observe(decoded - started)
-        self.metrics.preprocess_seconds.observe(time.perf_counter() - decoded)
+        self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
         return item
 
     async def read_inline(self, image: OpenedImage) -> Preprocessed:
@@ -269,10 +278,7 @@ class DataPlane:
 
         For an image of at most `INLINE_PIXELS` pixels; see `ImageReadings`.
         """
-        started = time.perf_counter()
-        pixels = load_pixels(image)
-        self.metrics.decode_seconds.observe(time.perf_counter() - started)
-        return await self.readings.read(pixels)
+        return await self.readings.read(self._decode(image))
 
     def read_each(
         self,
@@ -294,16 +300,12 @@ class DataPlane:
         stopped: tuple[int, DigitserveError] | None = None
         for index, item in enumerate(items):
             try:
-                started = time.perf_counter()
-                pixels = load_pixels(self.open(image_of(item)))
-                self.metrics.decode_seconds.observe(time.perf_counter() - started)
+                pixels = self._decode(self.open(image_of(item)))
                 if isinstance(pixels, np.ndarray) and reads_together(pixels):
                     small.append((index, pixels))
                     readings.append(None)
                 else:
-                    started = time.perf_counter()
-                    readings.append(read_digit(pixels))
-                    self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
+                    readings.append(self._read_alone(pixels))
             except DigitserveError as exc:
                 stopped = (index, exc)
                 break

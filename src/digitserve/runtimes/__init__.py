@@ -100,16 +100,17 @@ def load_model(
 
     model_format_of(path)  # an unknown suffix is refused before anything is read or run
     data, sha256 = read_pinned(path, expected_sha256)
-    del data
     plan, folder, how = plan_for(path, sha256, trusted_types)
     if plan is None or plan.needs_scikit_learn:
+        # The bytes already read and hashed: the file the plan was made for is the one loaded.
         classifier = load_classifier(
-            path, name, expected_sha256=sha256, trusted_types=trusted_types, version=version
+            path, name, trusted_types=trusted_types, version=version, pinned=(data, sha256)
         )
         reason = plan.reason if plan is not None else how
         if plan is None:
             logger.warning("model %s: served by %s: %s", name, classifier.path, reason)
         return replace(classifier, card={**classifier.card, "runtime_check": reason})
+    del data  # served without it: the plan's runtime file stands in for the model
     logger.info("model %s: served by %s (%s plan): %s", name, plan.runtime, how, plan.reason)
     return _from_plan(path, name, version, sha256, plan, folder)
 
