@@ -129,11 +129,10 @@ def _public_predictors(estimator: Any, score_kind: ScoreKind) -> tuple[Predictor
 
 
 @functools.cache
-@functools.lru_cache(maxsize=16)
 def _one_vs_rest_plan(n_classes: int) -> tuple[NDArray[np.intp], Rows, NDArray[np.intp]]:
     """Which pair adds to which class, in which order and with which sign (see `ovr_scores`).
 
-    Made once per number of classes (read-only): built per call, it cost 20 µs of every row.
+    Made once per number of classes, and shared: its arrays are read-only.
     """
     pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
     index = {pair: k for k, pair in enumerate(pairs)}
@@ -163,7 +162,7 @@ def pair_votes(second_wins: NDArray[np.bool_], n_classes: int) -> Rows:
     return votes
 
 
-@functools.lru_cache(maxsize=16)
+@functools.cache
 def _vote_plan(n_classes: int) -> tuple[Rows, Rows]:
     """Votes per class if every pair's first class won, and what each pair's loss moves."""
     winners = _one_vs_rest_plan(n_classes)[2]
